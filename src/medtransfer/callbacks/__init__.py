@@ -1,0 +1,1 @@
+"""Lightning callbacks that make a run directory self-describing and TensorBoard informative."""

@@ -1,0 +1,21 @@
+"""Writes the data description of a run into its directory: data_summary.json and splits.csv."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+
+class RunFiles(L.Callback):
+    def __init__(self, output_dir: str):
+        self.output_dir = Path(output_dir)
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = trainer.datamodule
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "data_summary.json").write_text(json.dumps(dm.summary(), indent=2))
+        dm.write_splits_csv(self.output_dir / "splits.csv")

@@ -1,0 +1,55 @@
+"""Rich console output: the config tree, tables of layer groups, data and metrics, error messages.
+Everything here prints on rank zero only, so DDP does not print twice."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.tree import Tree
+
+console = Console()
+
+
+@rank_zero_only
+def print_config(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "finetune", "optimizer", "scheduler", "trainer")) -> None:
+    tree = Tree("config", guide_style="dim")
+    keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
+    for key in keys:
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        tree.add(f"[bold]{key}[/bold]").add(text.rstrip())
+    console.print(tree)
+
+
+@rank_zero_only
+def print_table(title: str, rows: list[Mapping], columns: list[str] | None = None) -> None:
+    if not rows:
+        return
+    columns = columns or list(rows[0])
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column == columns[0] else "right")
+    for row in rows:
+        table.add_row(*[_fmt(row.get(c)) for c in columns])
+    console.print(table)
+
+
+@rank_zero_only
+def print_metrics(metrics: Mapping[str, float], title: str = "metrics") -> None:
+    print_table(title, [{"metric": k, "value": v} for k, v in sorted(metrics.items())])
+
+
+@rank_zero_only
+def print_error(message: str, title: str = "medtransfer: cannot start") -> None:
+    console.print(Panel(message, title=title, border_style="red", expand=False))
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)

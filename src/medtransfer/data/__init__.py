@@ -1,0 +1,1 @@
+"""Data: sources of medical images (class folders, MedMNIST .npz) behind one LightningDataModule."""

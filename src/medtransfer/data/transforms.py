@@ -1,0 +1,45 @@
+"""Train and eval transforms (torchvision.transforms.v2). Geometry and colour augmentation run on uint8,
+before the conversion to float, which is cheaper."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torchvision.transforms import v2
+
+
+def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
+    """Resize the whole image to size × size (no crop: the whole field of view is kept)."""
+    return v2.Compose(
+        [
+            v2.Resize((size, size), antialias=True),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+def train_transform(
+    size: int, mean: Sequence[float], std: Sequence[float], augment: Mapping | None = None
+) -> v2.Compose:
+    """augment keys (all optional): scale [lo, hi] of a RandomResizedCrop, hflip probability,
+    rotation degrees, translate fraction, brightness, contrast. None or {} trains without augmentation."""
+    augment = dict(augment or {})
+    steps: list = []
+    scale = augment.get("scale")
+    if scale:
+        steps.append(v2.RandomResizedCrop((size, size), scale=tuple(scale), ratio=(0.9, 1.1), antialias=True))
+    else:
+        steps.append(v2.Resize((size, size), antialias=True))
+    if augment.get("hflip"):
+        steps.append(v2.RandomHorizontalFlip(float(augment["hflip"])))
+    if augment.get("rotation") or augment.get("translate"):
+        translate = augment.get("translate")
+        steps.append(
+            v2.RandomAffine(degrees=float(augment.get("rotation") or 0), translate=(translate, translate) if translate else None)
+        )
+    if augment.get("brightness") or augment.get("contrast"):
+        steps.append(v2.ColorJitter(brightness=augment.get("brightness") or 0, contrast=augment.get("contrast") or 0))
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(steps)

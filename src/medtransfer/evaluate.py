@@ -1,0 +1,71 @@
+"""`medtransfer-eval ckpt_path=PATH [split=test] [data=... data.*=...]`: metrics of a checkpoint on a split,
+written to metrics.json, with the confusion matrix as PNG, in the eval run's own directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from medtransfer.callbacks.confusion_matrix import ConfusionMatrix
+from medtransfer.checkpoint import load_classifier
+from medtransfer.console import print_metrics
+from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule
+from medtransfer.errors import ConfigError
+from medtransfer.job import run_job
+from medtransfer.models.classifier import Classifier
+from medtransfer.paths import CONFIG_DIR
+
+
+def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalImageDataModule:
+    """The data given on the command line, else the data the checkpoint was trained on; preprocessed as
+    the checkpoint's model expects."""
+    config = OmegaConf.create(model.hparams.data_config) if data_cfg is None else data_cfg
+    if config is None:
+        raise ConfigError("The checkpoint carries no data config: give one, e.g. data=folder data.root=DIR.")
+    datamodule = instantiate(config, image_size=model.preprocessing["image_size"])
+    datamodule.prepare_data()
+    datamodule.setup()
+    if datamodule.classes != model.class_names:
+        raise ConfigError(f"The data's classes {datamodule.classes} differ from the checkpoint's {model.class_names}.")
+    datamodule.set_normalization(model.preprocessing["mean"], model.preprocessing["std"])
+    return datamodule
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    if cfg.split not in SPLITS:
+        raise ConfigError(f"split={cfg.split!r}: use one of {', '.join(SPLITS)}.")
+    output_dir = Path(cfg.paths.output_dir)
+    model = load_classifier(cfg.ckpt_path)
+    datamodule = datamodule_for(model, cfg.get("data"))
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=loggers or False, callbacks=[ConfusionMatrix(str(output_dir), split="test")],
+        enable_progress_bar=False,
+    )
+    loader = datamodule.dataloader(cfg.split)
+    results = trainer.test(model, dataloaders=loader, verbose=False)[0]
+    # test_step names metrics test/*; report them under the split that was evaluated
+    metrics = {f"{cfg.split}/{k.split('/', 1)[1]}": float(v) for k, v in results.items()}
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
+        if cfg.split != "test":
+            png = output_dir / "confusion_matrix_test.png"
+            if png.exists():
+                png.rename(output_dir / f"confusion_matrix_{cfg.split}.png")
+        print_metrics(metrics, title=f"{cfg.split} metrics of {cfg.ckpt_path}")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_job(lambda: evaluate(cfg), cfg.paths.output_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Networks: ResNet backbones, classification heads and the LightningModule that joins them."""

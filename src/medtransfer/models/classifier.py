@@ -1,0 +1,236 @@
+"""The LightningModule: a torchvision ResNet, a replaceable head, per-layer-group learning rates and a
+freezing strategy. Every constructor argument is plain data, so a checkpoint rebuilds the model alone."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
+from torchmetrics import MaxMetric, MinMetric
+
+from medtransfer.errors import ConfigError
+from medtransfer.finetune.layer_groups import LAYER_GROUPS, group_parameters, layer_groups
+from medtransfer.finetune.strategies import BACKBONE_GROUPS, FreezingStrategy, Full
+from medtransfer.metrics import classification_metrics
+from medtransfer.models.backbone import build_backbone, normalization
+
+DEFAULT_HEAD = {"_target_": "medtransfer.models.heads.LinearHead"}
+DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.05}
+
+
+def _plain(value: Any) -> Any:
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+
+
+class Classifier(L.LightningModule):
+    """Image classifier for transfer learning.
+
+    backbone: a torchvision ResNet name. weights: torchvision weight name, None, or a file.
+    head / optimizer / scheduler / finetune: Hydra configs (dicts with `_target_`), instantiated here.
+    class_weights: None, "auto" (inverse class frequency, from `class_counts`) or one weight per class.
+    monitor / monitor_mode: the optimized metric; its best value is logged as `<monitor>_best`.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "resnet18",
+        weights: str | None = None,
+        num_classes: int = 2,
+        in_channels: int = 3,
+        class_names: Sequence[str] | None = None,
+        head: Mapping | None = None,
+        optimizer: Mapping | None = None,
+        scheduler: Mapping | None = None,
+        finetune: Mapping | None = None,
+        class_weights: str | Sequence[float] | None = None,
+        class_counts: Sequence[int] | None = None,
+        label_smoothing: float = 0.0,
+        image_size: int = 224,
+        monitor: str = "val/auroc",
+        monitor_mode: str = "max",
+        data_config: Mapping | None = None,
+    ):
+        super().__init__()
+        args = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
+        self.save_hyperparameters(args)
+        hp = self.hparams
+        self.class_names = list(hp.class_names or [str(i) for i in range(num_classes)])
+        if len(self.class_names) != num_classes:
+            raise ConfigError(f"{len(self.class_names)} class names for num_classes={num_classes}.")
+        mean, std = normalization(backbone, weights, in_channels)
+        self.preprocessing = {"image_size": image_size, "in_channels": in_channels, "mean": mean, "std": std}
+
+        self.backbone, num_features = build_backbone(backbone, weights, in_channels)
+        self.head = instantiate(hp.head or DEFAULT_HEAD, in_features=num_features, num_classes=num_classes)
+        self.groups = layer_groups(self.backbone, self.head)
+        self.strategy: FreezingStrategy = instantiate(hp.finetune) if hp.finetune else Full()
+        self.register_buffer("loss_weights", self._loss_weights(class_weights, class_counts), persistent=False)
+
+        self.trainable_groups = frozenset(LAYER_GROUPS)
+        if self.strategy.static:  # frozen before DDP wraps the model, so DDP never sees those parameters
+            self.set_trainable(self.strategy.trainable(0))
+
+        self.val_metrics = classification_metrics(num_classes, prefix="val/")
+        self.test_metrics = classification_metrics(num_classes, prefix="test/")
+        self.best_metric = MaxMetric() if monitor_mode == "max" else MinMetric()
+        self._outputs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
+        self.predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    # ---------------------------------------------------------------- model
+    def _loss_weights(self, class_weights, class_counts) -> torch.Tensor | None:
+        if class_weights is None:
+            return None
+        if class_weights == "auto":
+            if not class_counts:
+                raise ConfigError("model.class_weights=auto needs the training class counts from the data.")
+            counts = torch.tensor(class_counts, dtype=torch.float32).clamp(min=1)
+            return counts.sum() / (len(counts) * counts)
+        weights = torch.tensor(list(class_weights), dtype=torch.float32)
+        if len(weights) != self.hparams.num_classes:
+            raise ConfigError(f"model.class_weights has {len(weights)} values for {self.hparams.num_classes} classes.")
+        return weights
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backbone_frozen:  # linear probing: no graph, no backward through the backbone
+            with torch.no_grad():
+                return self.backbone(x)
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    # ------------------------------------------------------------- freezing
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.strategy.bn == "frozen" and not (self.trainable_groups & set(BACKBONE_GROUPS))
+
+    def set_trainable(self, groups: frozenset[str]) -> None:
+        """Train exactly `groups`; in the others parameters get no gradient (and the optimizer skips
+        them), except BatchNorm's affine parameters when finetune.bn=train."""
+        self.trainable_groups = frozenset(groups)
+        for name, modules in self.groups.items():
+            trains = name in groups
+            for module in modules:
+                module.requires_grad_(trains)
+                if not trains and self.strategy.bn == "train":
+                    for sub in module.modules():
+                        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                            sub.requires_grad_(True)
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.strategy.bn == "frozen":
+            for name, modules in self.groups.items():
+                if name not in self.trainable_groups:
+                    for module in modules:
+                        for sub in module.modules():
+                            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
+                                sub.eval()
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        if not self.strategy.static:
+            self.set_trainable(self.strategy.trainable(self.current_epoch))
+        groups = {g["name"]: g for g in self.optimizers().param_groups}
+        self.log_dict(
+            {f"lr/{n}": groups[n]["lr"] for n in LAYER_GROUPS if n in groups}
+            | {f"trainable/{n}": float(n in self.trainable_groups) for n in LAYER_GROUPS},
+            on_step=False,
+            on_epoch=True,
+            sync_dist=False,
+        )
+
+    # ------------------------------------------------------------ optimizer
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Two param groups per layer group (decayed, and biases/norms without decay), built once.
+        Each group's lr = head lr × the strategy's multiplier for that layer group."""
+        mult = self.strategy.lr_multipliers()
+        groups = []
+        for name, modules in self.groups.items():
+            decay, no_decay = group_parameters(modules)
+            for suffix, params, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
+                if params:
+                    groups.append({"params": params, "lr": lr * mult[name], "weight_decay": wd, "name": name + suffix})
+        return groups
+
+    def configure_optimizers(self):
+        factory = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)
+        lr = factory.keywords.get("lr", 1e-3)
+        weight_decay = factory.keywords.get("weight_decay", 0.0)
+        optimizer = factory(self.param_groups(lr, weight_decay))
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler_factory = instantiate(self.hparams.scheduler)
+        kwargs = {}
+        if "total_steps" in inspect.signature(scheduler_factory).parameters:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # --------------------------------------------------------------- steps
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, weight=self.loss_weights, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = self.loss(self(x), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _eval_step(self, batch, split: str):
+        x, y = batch
+        logits = self(x)
+        probs = logits.float().softmax(dim=1)
+        self.log(f"{split}/loss", self.loss(logits, y), on_epoch=True, sync_dist=True, batch_size=len(y))
+        getattr(self, f"{split}_metrics").update(probs, y)
+        self._outputs[split].append(torch.stack([probs.detach(), F.one_hot(y, probs.shape[1]).float()]))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test")
+
+    def _collect(self, split: str) -> None:
+        """Keep this epoch's probabilities and targets of the whole split (gathered over ranks)."""
+        outs = self._outputs[split]
+        if outs:
+            stacked = torch.cat(outs, dim=1)
+            if self.trainer.world_size > 1:
+                stacked = self.all_gather(stacked).transpose(0, 1).flatten(1, 2)
+            self.predictions[split] = (stacked[0].cpu(), stacked[1].argmax(1).cpu())
+        self._outputs[split] = []
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self._collect("val")
+        if self.trainer.sanity_checking:
+            return
+        self.log_dict(values)
+        monitor = self.hparams.monitor
+        current = values.get(monitor, self.trainer.callback_metrics.get(monitor))
+        if current is not None:
+            self.best_metric.update(current)
+            self.log(f"{monitor}_best", self.best_metric.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+        self._collect("test")
+
+    def predict_step(self, batch, batch_idx):
+        x = batch[0] if isinstance(batch, list | tuple) else batch
+        return self(x).float().softmax(dim=1)
+
+    # ---------------------------------------------------------- checkpoint
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["medtransfer"] = {"class_names": self.class_names, "preprocessing": self.preprocessing}

@@ -1,0 +1,100 @@
+"""Shared fixtures: tiny generated data (a class folder tree, a MedMNIST-style .npz) and the real Hydra
+config composed once and overridden per test, with tiny limits, on the CPU, offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+from medtransfer.paths import CONFIG_DIR
+
+os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+def square_image(label: int, size: int, rng: np.random.Generator, channels: int = 1) -> np.ndarray:
+    """Noise with a bright square whose corner depends on the class: top-left (0), bottom-right (1),
+    top-right (2). Learnable in a few steps, so tests can assert that a model learned."""
+    image = rng.integers(0, 60, size=(size, size), dtype=np.uint8)
+    q = size // 2
+    r0, c0 = [(0, 0), (q, q), (0, q)][label]
+    image[r0 : r0 + q, c0 : c0 + q] = rng.integers(180, 255, size=(q, q), dtype=np.uint8)
+    if channels == 3:
+        image = np.stack([image, image // 2 + 60, image], axis=-1)
+    return image
+
+
+def make_folder_tree(root: Path, per_class: int = 16, classes=("benign", "malignant"), size: int = 24, channels: int = 1, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = ".png" if i % 2 else ".jpg"
+            Image.fromarray(square_image(label, size, rng, channels)).save(root / name / f"{name}_{i}{ext}")
+    return root
+
+
+def make_npz(path: Path, sizes=(48, 16, 16), num_classes: int = 2, size: int = 16, channels: int = 1, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in zip(("train", "val", "test"), sizes, strict=True):
+        labels = np.arange(n) % num_classes
+        images = np.stack([square_image(int(y), size, rng, channels) for y in labels])
+        arrays[f"{split}_images"] = images
+        arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+@pytest.fixture(scope="session")
+def folder_tree(tmp_path_factory) -> Path:
+    return make_folder_tree(tmp_path_factory.mktemp("folder") / "images")
+
+
+@pytest.fixture(scope="session")
+def npz_file(tmp_path_factory) -> Path:
+    return make_npz(tmp_path_factory.mktemp("npz") / "tiny.npz")
+
+
+TINY = [
+    "model.weights=null",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "callbacks=none",
+    "data.image_size=16",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "print_config=false",
+]
+
+
+def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> DictConfig:
+    """The real config with `overrides`, its run dir set to `output_dir` (no Hydra runtime needed)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir.parent)
+        del cfg.hydra
+    return cfg
+
+
+@pytest.fixture
+def train_config(tmp_path, npz_file):
+    """A function: overrides -> composed train config on the tiny .npz (unless data= is overridden)."""
+
+    def make(*overrides: str, data: list[str] | None = None) -> DictConfig:
+        data = data if data is not None else ["data=medmnist", f"data.path={npz_file}"]
+        return compose_config("train", tmp_path / "run", [*TINY, *data, *overrides])
+
+    return make
