@@ -30,7 +30,14 @@ def square_image(label: int, size: int, rng: np.random.Generator, channels: int 
     return image
 
 
-def make_folder_tree(root: Path, per_class: int = 16, classes=("benign", "malignant"), size: int = 24, channels: int = 1, seed: int = 0) -> Path:
+def make_folder_tree(
+    root: Path,
+    per_class: int = 16,
+    classes=("benign", "malignant"),
+    size: int = 24,
+    channels: int = 1,
+    seed: int = 0,
+) -> Path:
     rng = np.random.default_rng(seed)
     for label, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
@@ -40,7 +47,9 @@ def make_folder_tree(root: Path, per_class: int = 16, classes=("benign", "malign
     return root
 
 
-def make_npz(path: Path, sizes=(48, 16, 16), num_classes: int = 2, size: int = 16, channels: int = 1, seed: int = 0) -> Path:
+def make_npz(
+    path: Path, sizes=(48, 16, 16), num_classes: int = 2, size: int = 16, channels: int = 1, seed: int = 0
+) -> Path:
     rng = np.random.default_rng(seed)
     arrays = {}
     for split, n in zip(("train", "val", "test"), sizes, strict=True):

@@ -24,7 +24,9 @@ def test_grayscale_stem_equals_rgb_model_on_copied_image():
 
 
 def test_head_is_sized_by_the_data_and_replaceable():
-    model = Classifier(num_classes=5, in_channels=1, head={"_target_": "medtransfer.models.heads.MLPHead", "hidden": 32})
+    model = Classifier(
+        num_classes=5, in_channels=1, head={"_target_": "medtransfer.models.heads.MLPHead", "hidden": 32}
+    )
     assert model.head[-1].out_features == 5 and model.head[0].in_features == 512
     assert model.backbone.conv1.in_channels == 1
     assert model(torch.rand(3, 1, 32, 32)).shape == (3, 5)
@@ -32,7 +34,7 @@ def test_head_is_sized_by_the_data_and_replaceable():
 
 @pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_other_resnets_build_with_their_feature_width(name):
-    net, width = build_backbone(name, None, in_channels=3)
+    _net, width = build_backbone(name, None, in_channels=3)
     assert width == 2048 and name in RESNETS
 
 

@@ -15,7 +15,9 @@ from medtransfer.train import train
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
+    acc = EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "images": 0, "tensors": 0}
+    )
     acc.Reload()
     return acc
 
@@ -25,7 +27,13 @@ def test_train_on_npz_writes_a_self_describing_run_dir(train_config):
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
 
-    for name in ("data_summary.json", "metrics.json", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "confusion_matrix_test.png"):
+    for name in (
+        "data_summary.json",
+        "metrics.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "confusion_matrix_test.png",
+    ):
         assert (run / name).is_file(), name
     assert not (run / "splits.csv").exists()  # the .npz came split: medtransfer made no split
 
@@ -35,7 +43,15 @@ def test_train_on_npz_writes_a_self_describing_run_dir(train_config):
 
     written = json.loads((run / "metrics.json").read_text())
     assert written == metrics
-    for key in ("val/auroc_best", "test/auroc", "test/acc", "test/balanced_acc", "test/f1", "test/sensitivity", "test/specificity"):
+    for key in (
+        "val/auroc_best",
+        "test/auroc",
+        "test/acc",
+        "test/balanced_acc",
+        "test/f1",
+        "test/sensitivity",
+        "test/specificity",
+    ):
         assert key in written and math.isfinite(written[key]), key
     assert written["test/auroc"] > 0.9  # the square's position is easy to learn
 
@@ -45,7 +61,9 @@ def test_tensorboard_holds_lrs_images_and_real_hparams_metric(train_config):
     metrics = train(cfg)
     acc = read_events(Path(cfg.paths.output_dir))
     tags = acc.Tags()
-    assert {"train/loss_step", "val/auroc", "val/auroc_best", "lr/head", "lr/stem", "trainable/head"} <= set(tags["scalars"])
+    assert {"train/loss_step", "val/auroc", "val/auroc_best", "lr/head", "lr/stem", "trainable/head"} <= set(
+        tags["scalars"]
+    )
     assert "train/augmented_samples" in tags["images"]
     # HPARAMS: the session lists the run's hyper-parameters and the real metrics, and the scalar TensorBoard
     # shows in the HPARAMS table for val/auroc_best is the best validation value (no placeholder hp_metric)
@@ -53,7 +71,9 @@ def test_tensorboard_holds_lrs_images_and_real_hparams_metric(train_config):
     exp = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
     metric_tags = {m.name.tag for m in exp.metric_infos}
     assert "val/auroc_best" in metric_tags and "test/auroc" in metric_tags and "hp_metric" not in metric_tags
-    session = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info
+    session = plugin_data_pb2.HParamsPluginData.FromString(
+        plugin["_hparams_/session_start_info"]
+    ).session_start_info
     assert session.hparams["model.backbone"].string_value == "resnet18"
     assert session.hparams["optimizer.lr"].number_value == cfg.optimizer.lr
     best = acc.Scalars("val/auroc_best")[-1].value
@@ -65,7 +85,7 @@ def test_train_on_folder_tree_splits_and_records_it(train_config, folder_tree):
     cfg = train_config(data=["data=folder", f"data.root={folder_tree}"])
     train(cfg)
     run = Path(cfg.paths.output_dir)
-    rows = list(csv.DictReader(open(run / "splits.csv")))
+    rows = list(csv.DictReader((run / "splits.csv").open()))
     assert len(rows) == 32
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     per_class = {(r["label"], r["split"]) for r in rows}

@@ -16,7 +16,10 @@ console = Console()
 
 
 @rank_zero_only
-def print_config(cfg: DictConfig, order: tuple[str, ...] = ("data", "model", "finetune", "optimizer", "scheduler", "trainer")) -> None:
+def print_config(
+    cfg: DictConfig,
+    order: tuple[str, ...] = ("data", "model", "finetune", "optimizer", "scheduler", "trainer"),
+) -> None:
     tree = Tree("config", guide_style="dim")
     keys = [k for k in order if k in cfg] + [k for k in cfg if k not in order]
     for key in keys:

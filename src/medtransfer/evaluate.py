@@ -31,7 +31,9 @@ def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalIma
     datamodule.prepare_data()
     datamodule.setup()
     if datamodule.classes != model.class_names:
-        raise ConfigError(f"The data's classes {datamodule.classes} differ from the checkpoint's {model.class_names}.")
+        raise ConfigError(
+            f"The data's classes {datamodule.classes} differ from the checkpoint's {model.class_names}."
+        )
     datamodule.set_normalization(model.preprocessing["mean"], model.preprocessing["std"])
     return datamodule
 
@@ -44,7 +46,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = datamodule_for(model, cfg.get("data"))
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     trainer: L.Trainer = instantiate(
-        cfg.trainer, logger=loggers or False, callbacks=[ConfusionMatrix(str(output_dir), split="test")],
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=[ConfusionMatrix(str(output_dir), split="test")],
         enable_progress_bar=False,
     )
     loader = datamodule.dataloader(cfg.split)
@@ -53,7 +57,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = {f"{cfg.split}/{k.split('/', 1)[1]}": float(v) for k, v in results.items()}
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2))
+        (output_dir / "metrics.json").write_text(
+            json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2)
+        )
         if cfg.split != "test":
             png = output_dir / "confusion_matrix_test.png"
             if png.exists():

@@ -26,7 +26,9 @@ def _is_multirun() -> bool:
 def write_status(output_dir: str | Path, status: str, wall_time_s: float, **extra: Any) -> None:
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "status.json").write_text(json.dumps({"status": status, "wall_time_s": round(wall_time_s, 2), **extra}, indent=2))
+    (path / "status.json").write_text(
+        json.dumps({"status": status, "wall_time_s": round(wall_time_s, 2), **extra}, indent=2)
+    )
 
 
 def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
@@ -42,7 +44,13 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
         trace = Path(output_dir) / "traceback.txt"
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         trace.write_text(traceback.format_exc())
-        write_status(output_dir, "failed", time.time() - start, error=f"{err.__class__.__name__}: {err}", traceback=str(trace))
+        write_status(
+            output_dir,
+            "failed",
+            time.time() - start,
+            error=f"{err.__class__.__name__}: {err}",
+            traceback=str(trace),
+        )
         if isinstance(err, UserError):
             print_error(str(err))
             if not _is_multirun():
@@ -50,7 +58,10 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
         elif not _is_multirun():
             raise
         else:
-            print_error(f"{err.__class__.__name__}: {err}\n(traceback in {trace})", title="job failed; the sweep goes on")
+            print_error(
+                f"{err.__class__.__name__}: {err}\n(traceback in {trace})",
+                title="job failed; the sweep goes on",
+            )
         return float("nan")
     write_status(output_dir, "completed", time.time() - start)
     return result

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], title: str = "Confusion matrix"):
@@ -26,11 +26,21 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     for i in range(n):
         for j in range(n):
             color = "white" if fractions[i, j] > 0.5 else "black"
-            ax.text(j, i, f"{matrix[i, j]}\n{fractions[i, j]:.0%}", ha="center", va="center", color=color, fontsize=9)
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]}\n{fractions[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color=color,
+                fontsize=9,
+            )
     fig.tight_layout()
     return fig
 
 
 def confusion_matrix(probs, targets, num_classes: int) -> np.ndarray:
     preds = np.asarray(probs).argmax(axis=1)
-    return np.bincount(np.asarray(targets) * num_classes + preds, minlength=num_classes**2).reshape(num_classes, num_classes)
+    return np.bincount(np.asarray(targets) * num_classes + preds, minlength=num_classes**2).reshape(
+        num_classes, num_classes
+    )

@@ -37,15 +37,26 @@ def find_images(input_path: str | Path) -> list[str]:
 
 
 @torch.inference_mode()
-def predict(ckpt_path: str | Path, input_path: str | Path, output: str | Path, batch_size: int = 64, num_workers="auto") -> Path:
+def predict(
+    ckpt_path: str | Path,
+    input_path: str | Path,
+    output: str | Path,
+    batch_size: int = 64,
+    num_workers="auto",
+) -> Path:
     model = load_classifier(ckpt_path)
     prep = model.preprocessing
     paths = find_images(input_path)
     dataset = FileDataset(
-        paths, np.zeros(len(paths), dtype=np.int64), prep["in_channels"], eval_transform(prep["image_size"], prep["mean"], prep["std"])
+        paths,
+        np.zeros(len(paths), dtype=np.int64),
+        prep["in_channels"],
+        eval_transform(prep["image_size"], prep["mean"], prep["std"]),
     )
     workers = default_num_workers(False) if num_workers == "auto" else int(num_workers)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(workers, max(0, len(paths) // batch_size)))
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=min(workers, max(0, len(paths) // batch_size))
+    )
     probs = torch.cat([model(x).float().softmax(dim=1) for x, _ in loader]).numpy()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -54,22 +54,31 @@ def build_model(cfg: DictConfig, datamodule: MedicalImageDataModule) -> Classifi
 
 
 def build_trainer(cfg: DictConfig, model: Classifier, output_dir: Path) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c]
+    callbacks = [
+        instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None and "_target_" in c
+    ]
     callbacks += [
-        ModelCheckpoint(
+        ModelCheckpoint(  # best.ckpt: the best value of the optimized metric
             dirpath=output_dir / "checkpoints",
             filename="best",
             monitor=cfg.optimized_metric,
             mode=cfg.model.get("monitor_mode", "max"),
-            save_last=True,
+            save_top_k=1,
             enable_version_counter=False,
             auto_insert_metric_name=False,
+            save_on_train_epoch_end=True,
+        ),
+        # last.ckpt: every epoch (Lightning's save_last only follows top-k saves, so it can go stale)
+        ModelCheckpoint(
+            dirpath=output_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
         ),
         RunFiles(str(output_dir)),
         SampleImages(),
         ConfusionMatrix(str(output_dir)),
     ]
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None and "_target_" in lg]
+    loggers = [
+        instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None and "_target_" in lg
+    ]
     strategy = cfg.trainer.get("strategy", "auto")
     kwargs = {}
     if strategy == "ddp" and not model.strategy.static:
@@ -82,7 +91,9 @@ def hparams_for_tensorboard(cfg: DictConfig) -> dict:
     keep = ("model", "data", "finetune", "optimizer", "scheduler", "seed")
     container = OmegaConf.to_container(cfg, resolve=True)
     hp = {k: container[k] for k in keep if k in container}
-    hp["trainer"] = {k: container["trainer"].get(k) for k in ("max_epochs", "precision", "accumulate_grad_batches")}
+    hp["trainer"] = {
+        k: container["trainer"].get(k) for k in ("max_epochs", "precision", "accumulate_grad_batches")
+    }
     return hp
 
 
@@ -95,7 +106,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     print_table("data", [{"split": s, **c} for s, c in datamodule.summary()["counts"].items()])
     print_table(
         f"layer groups ({model.strategy.name}, bn={model.strategy.bn})",
-        layer_group_rows(model, lr=cfg.optimizer.get("lr"), weight_decay=cfg.optimizer.get("weight_decay", 0.0)),
+        layer_group_rows(
+            model, lr=cfg.optimizer.get("lr"), weight_decay=cfg.optimizer.get("weight_decay", 0.0)
+        ),
     )
     trainer = build_trainer(cfg, model, output_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -114,7 +127,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         for logger in trainer.loggers:
             if isinstance(logger, HParamsTensorBoardLogger):
                 logger.log_hparams_with_metrics(
-                    hparams_for_tensorboard(cfg), {k: v for k, v in metrics.items() if "/" in k and math.isfinite(v)}
+                    hparams_for_tensorboard(cfg),
+                    {k: v for k, v in metrics.items() if "/" in k and math.isfinite(v)},
                 )
         print_metrics(metrics, title=f"metrics ({output_dir})")
     return metrics

@@ -29,5 +29,7 @@ class ConfusionMatrix(L.Callback):
             fig.savefig(self.output_dir / f"confusion_matrix_{self.split}.png", dpi=120)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(f"{self.split}/confusion_matrix", fig, global_step=trainer.global_step, close=False)
+                logger.experiment.add_figure(
+                    f"{self.split}/confusion_matrix", fig, global_step=trainer.global_step, close=False
+                )
         plt.close(fig)

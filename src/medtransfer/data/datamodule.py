@@ -14,9 +14,9 @@ import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from medtransfer.errors import DataError
 from medtransfer.data.datasets import ArrayDataset, FileDataset
 from medtransfer.data.transforms import eval_transform, train_transform
+from medtransfer.errors import DataError
 from medtransfer.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 
 SPLITS = ("train", "val", "test")
@@ -39,7 +39,9 @@ class SplitData:
     classes: list[str]
     splits: dict[str, Split]
     channels: int
-    made_split: bool = False  # True when medtransfer assigned the files to splits (then splits.csv is written)
+    made_split: bool = (
+        False  # True when medtransfer assigned the files to splits (then splits.csv is written)
+    )
     sizes: dict[str, list[int]] = field(default_factory=dict)  # min/max height and width, when known
 
 
@@ -51,9 +53,7 @@ def default_num_workers(in_memory: bool) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def stratified_split(
-    labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int
-) -> np.ndarray:
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
     """A split name per item: each class divided in the same proportions, shuffled by `seed`."""
     rng = np.random.default_rng(seed)
     assignment = np.empty(len(labels), dtype=object)
@@ -177,7 +177,9 @@ class MedicalImageDataModule(L.LightningDataModule):
         workers = default_num_workers(in_memory) if self.num_workers == "auto" else int(self.num_workers)
         pin = self.pin_memory
         if pin == "auto":
-            pin = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+            pin = (
+                self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,

@@ -30,7 +30,9 @@ class ArrayDataset(Dataset):
 class FileDataset(Dataset):
     """Image files decoded on read to `channels` channels."""
 
-    def __init__(self, paths: Sequence[str], labels: np.ndarray, channels: int, transform: Callable | None = None):
+    def __init__(
+        self, paths: Sequence[str], labels: np.ndarray, channels: int, transform: Callable | None = None
+    ):
         self.paths = list(paths)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.channels = channels

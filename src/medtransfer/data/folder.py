@@ -7,15 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from medtransfer.errors import DataError
-
 from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule, Split, SplitData, stratified_split
 from medtransfer.data.decode import GRAYSCALE_MODES, image_mode, is_image_file
+from medtransfer.errors import DataError
 
 
 def _class_files(folder: Path) -> dict[str, list[str]]:
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {c: sorted(str(f) for f in (folder / c).rglob("*") if f.is_file() and is_image_file(f)) for c in classes}
+    return {
+        c: sorted(str(f) for f in (folder / c).rglob("*") if f.is_file() and is_image_file(f))
+        for c in classes
+    }
 
 
 class FolderDataModule(MedicalImageDataModule):
@@ -28,7 +30,9 @@ class FolderDataModule(MedicalImageDataModule):
 
     def load_splits(self) -> SplitData:
         if not self.root.is_dir():
-            raise DataError(f"data.root={self.root}: no such folder. Point it at a folder with one sub-folder per class.")
+            raise DataError(
+                f"data.root={self.root}: no such folder. Point it at a folder with one sub-folder per class."
+            )
         presplit = all((self.root / s).is_dir() for s in SPLITS)
         if presplit:
             per_split = {s: _class_files(self.root / s) for s in SPLITS}
@@ -36,7 +40,9 @@ class FolderDataModule(MedicalImageDataModule):
             for s in SPLITS:
                 missing = set(classes) - set(per_split[s])
                 if missing:
-                    raise DataError(f"{self.root / s}: class folders {sorted(missing)} are missing; every split needs the same classes.")
+                    raise DataError(
+                        f"{self.root / s}: class folders {sorted(missing)} are missing; every split needs the same classes."
+                    )
         else:
             files = _class_files(self.root)
             classes = sorted(c for c in files if files[c])
@@ -57,7 +63,10 @@ class FolderDataModule(MedicalImageDataModule):
             labels = np.array([index[c] for c in classes for _ in files[c]], dtype=np.int64)
             assignment = stratified_split(labels, self.val_fraction, self.test_fraction, self.seed)
             splits = {
-                s: Split(labels=labels[assignment == s], paths=[p for p, a in zip(paths, assignment, strict=True) if a == s])
+                s: Split(
+                    labels=labels[assignment == s],
+                    paths=[p for p, a in zip(paths, assignment, strict=True) if a == s],
+                )
                 for s in SPLITS
             }
         all_paths = [p for s in splits.values() for p in s.paths]

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medtransfer.errors import DataError
-
 from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule, Split, SplitData
+from medtransfer.errors import DataError
 
 ZENODO = "https://zenodo.org/records/10519652/files"
 # name -> (class names, {size: md5}); files are {name}.npz at 28 px and {name}_{size}.npz otherwise.
@@ -35,7 +34,9 @@ def download_medmnist(name: str, size: int, root: Path) -> Path:
     from torchvision.datasets.utils import check_integrity, download_url
 
     if name not in MEDMNIST:
-        raise DataError(f"data.name={name!r}: unknown MedMNIST set; known: {sorted(MEDMNIST)}. Or give data.path=FILE.npz.")
+        raise DataError(
+            f"data.name={name!r}: unknown MedMNIST set; known: {sorted(MEDMNIST)}. Or give data.path=FILE.npz."
+        )
     md5s = MEDMNIST[name][1]
     if size not in md5s:
         raise DataError(f"data.size={size}: {name} exists at sizes {sorted(md5s)}.")
@@ -75,12 +76,19 @@ class MedMNISTDataModule(MedicalImageDataModule):
         self.class_names = list(class_names) if class_names else None
 
     def describe_source(self) -> dict:
-        return {"type": "medmnist", "path": str(self.path) if self.path else None, "name": self.name, "size": self.size}
+        return {
+            "type": "medmnist",
+            "path": str(self.path) if self.path else None,
+            "name": self.name,
+            "size": self.size,
+        }
 
     def prepare_data(self) -> None:
         if self.path is None:
             if not self.name:
-                raise DataError("data=medmnist needs data.path=FILE.npz or data.name=<medmnist set> (e.g. pneumoniamnist).")
+                raise DataError(
+                    "data=medmnist needs data.path=FILE.npz or data.name=<medmnist set> (e.g. pneumoniamnist)."
+                )
             self.download_dir.mkdir(parents=True, exist_ok=True)
             download_medmnist(self.name, self.size, self.download_dir)
 
@@ -104,7 +112,9 @@ class MedMNISTDataModule(MedicalImageDataModule):
                 images = npz[f"{s}_images"]
                 labels = npz[f"{s}_labels"].reshape(len(images), -1)
                 if labels.shape[1] != 1:
-                    raise DataError(f"{file}: {s}_labels has {labels.shape[1]} columns; multi-label sets are not supported.")
+                    raise DataError(
+                        f"{file}: {s}_labels has {labels.shape[1]} columns; multi-label sets are not supported."
+                    )
                 if images.dtype != np.uint8:
                     raise DataError(f"{file}: {s}_images is {images.dtype}; expected uint8 images.")
                 splits[s] = Split(labels=labels[:, 0].astype(np.int64), images=images)
@@ -112,8 +122,12 @@ class MedMNISTDataModule(MedicalImageDataModule):
         names = self.class_names or (MEDMNIST[self.name][0] if self.name in MEDMNIST else None)
         classes = names or [str(i) for i in range(num_classes)]
         if len(classes) < num_classes:
-            raise DataError(f"data.class_names has {len(classes)} names but {file} has labels up to {num_classes - 1}.")
+            raise DataError(
+                f"data.class_names has {len(classes)} names but {file} has labels up to {num_classes - 1}."
+            )
         images = splits["train"].images
         channels = 1 if images.ndim == 3 or images.shape[-1] == 1 else images.shape[-1]
         h, w = images.shape[1:3]
-        return SplitData(classes=list(classes), splits=splits, channels=channels, sizes={"height": [h, h], "width": [w, w]})
+        return SplitData(
+            classes=list(classes), splits=splits, channels=channels, sizes={"height": [h, h], "width": [w, w]}
+        )

@@ -37,9 +37,14 @@ def train_transform(
     if augment.get("rotation") or augment.get("translate"):
         translate = augment.get("translate")
         steps.append(
-            v2.RandomAffine(degrees=float(augment.get("rotation") or 0), translate=(translate, translate) if translate else None)
+            v2.RandomAffine(
+                degrees=float(augment.get("rotation") or 0),
+                translate=(translate, translate) if translate else None,
+            )
         )
     if augment.get("brightness") or augment.get("contrast"):
-        steps.append(v2.ColorJitter(brightness=augment.get("brightness") or 0, contrast=augment.get("contrast") or 0))
+        steps.append(
+            v2.ColorJitter(brightness=augment.get("brightness") or 0, contrast=augment.get("contrast") or 0)
+        )
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     return v2.Compose(steps)

@@ -3,4 +3,13 @@
 from medtransfer.finetune.layer_groups import LAYER_GROUPS, layer_groups
 from medtransfer.finetune.strategies import FastAI, FreezingStrategy, Full, Gradual, LinearProbe, Partial
 
-__all__ = ["LAYER_GROUPS", "FastAI", "FreezingStrategy", "Full", "Gradual", "LinearProbe", "Partial", "layer_groups"]
+__all__ = [
+    "LAYER_GROUPS",
+    "FastAI",
+    "FreezingStrategy",
+    "Full",
+    "Gradual",
+    "LinearProbe",
+    "Partial",
+    "layer_groups",
+]

@@ -40,7 +40,9 @@ class FreezingStrategy:
             raise ConfigError("finetune: give at most one of lr_mult, layer_decay and lr_spread.")
         unknown = set(lr_mult or {}) - set(LAYER_GROUPS)
         if unknown:
-            raise ConfigError(f"finetune.lr_mult: unknown groups {sorted(unknown)}; groups are {list(LAYER_GROUPS)}.")
+            raise ConfigError(
+                f"finetune.lr_mult: unknown groups {sorted(unknown)}; groups are {list(LAYER_GROUPS)}."
+            )
         self.bn = bn
         self.lr_mult = dict(lr_mult or {})
         self.layer_decay = layer_decay
@@ -113,10 +115,7 @@ class Gradual(FreezingStrategy):
         self.at_epochs = sorted(int(e) for e in at_epochs) if at_epochs is not None else None
 
     def unfrozen_count(self, epoch: int) -> int:
-        if self.at_epochs is not None:
-            n = sum(epoch >= e for e in self.at_epochs)
-        else:
-            n = epoch // self.every
+        n = sum(epoch >= e for e in self.at_epochs) if self.at_epochs is not None else epoch // self.every
         return min(n, len(BACKBONE_GROUPS))
 
     def trainable(self, epoch: int) -> frozenset[str]:

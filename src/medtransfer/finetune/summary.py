@@ -5,7 +5,9 @@ from __future__ import annotations
 from torch.optim import Optimizer
 
 
-def layer_group_rows(model, optimizer: Optimizer | None = None, lr: float | None = None, weight_decay: float = 0.0) -> list[dict]:
+def layer_group_rows(
+    model, optimizer: Optimizer | None = None, lr: float | None = None, weight_decay: float = 0.0
+) -> list[dict]:
     """From the optimizer's param groups when given, else from the strategy's multipliers of `lr`."""
     by_name = {g["name"]: g for g in optimizer.param_groups} if optimizer is not None else {}
     mult = model.strategy.lr_multipliers()

@@ -33,11 +33,15 @@ DOWNLOAD_TIMEOUT_S = 20
 
 def _check_name(name: str) -> None:
     if name not in RESNETS:
-        raise ConfigError(f"model.backbone={name!r} is not a supported ResNet; choose one of {', '.join(RESNETS)}.")
+        raise ConfigError(
+            f"model.backbone={name!r} is not a supported ResNet; choose one of {', '.join(RESNETS)}."
+        )
 
 
 def is_local_weights(weights: str | None) -> bool:
-    return weights is not None and (os.sep in str(weights) or Path(str(weights)).suffix in {".pt", ".pth", ".ckpt"})
+    return weights is not None and (
+        os.sep in str(weights) or Path(str(weights)).suffix in {".pt", ".pth", ".ckpt"}
+    )
 
 
 def weights_enum(name: str, weights: str):
@@ -89,7 +93,9 @@ def _download_state_dict(weights) -> dict[str, torch.Tensor]:
 def _read_local_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict, or the backbone of a medtransfer checkpoint (its head is dropped)."""
     if not path.is_file():
-        raise ConfigError(f"model.weights={path}: no such file. Give a state dict (.pt/.pth) or a medtransfer .ckpt.")
+        raise ConfigError(
+            f"model.weights={path}: no such file. Give a state dict (.pt/.pth) or a medtransfer .ckpt."
+        )
     blob = torch.load(path, map_location="cpu", weights_only=True)
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
     prefix = "backbone."
@@ -136,7 +142,9 @@ def build_backbone(name: str, weights: str | None = None, in_channels: int = 3) 
             )
     if in_channels != 3:
         old = net.conv1
-        net.conv1 = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False)
+        net.conv1 = nn.Conv2d(
+            in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, bias=False
+        )
         with torch.no_grad():
             net.conv1.weight.copy_(adapt_input_conv(old.weight, in_channels))
     num_features = net.fc.in_features

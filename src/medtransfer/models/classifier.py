@@ -26,7 +26,9 @@ DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1
 
 
 def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    return (
+        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
+    )
 
 
 class Classifier(L.LightningModule):
@@ -71,7 +73,9 @@ class Classifier(L.LightningModule):
         self.head = instantiate(hp.head or DEFAULT_HEAD, in_features=num_features, num_classes=num_classes)
         self.groups = layer_groups(self.backbone, self.head)
         self.strategy: FreezingStrategy = instantiate(hp.finetune) if hp.finetune else Full()
-        self.register_buffer("loss_weights", self._loss_weights(class_weights, class_counts), persistent=False)
+        self.register_buffer(
+            "loss_weights", self._loss_weights(class_weights, class_counts), persistent=False
+        )
 
         self.trainable_groups = frozenset(LAYER_GROUPS)
         if self.strategy.static:  # frozen before DDP wraps the model, so DDP never sees those parameters
@@ -94,7 +98,9 @@ class Classifier(L.LightningModule):
             return counts.sum() / (len(counts) * counts)
         weights = torch.tensor(list(class_weights), dtype=torch.float32)
         if len(weights) != self.hparams.num_classes:
-            raise ConfigError(f"model.class_weights has {len(weights)} values for {self.hparams.num_classes} classes.")
+            raise ConfigError(
+                f"model.class_weights has {len(weights)} values for {self.hparams.num_classes} classes."
+            )
         return weights
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +164,9 @@ class Classifier(L.LightningModule):
             decay, no_decay = group_parameters(modules)
             for suffix, params, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
                 if params:
-                    groups.append({"params": params, "lr": lr * mult[name], "weight_decay": wd, "name": name + suffix})
+                    groups.append(
+                        {"params": params, "lr": lr * mult[name], "weight_decay": wd, "name": name + suffix}
+                    )
         return groups
 
     def configure_optimizers(self):
@@ -177,7 +185,9 @@ class Classifier(L.LightningModule):
 
     # --------------------------------------------------------------- steps
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, weight=self.loss_weights, label_smoothing=self.hparams.label_smoothing)
+        return F.cross_entropy(
+            logits, y, weight=self.loss_weights, label_smoothing=self.hparams.label_smoothing
+        )
 
     def training_step(self, batch, batch_idx):
         x, y = batch

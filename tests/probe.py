@@ -1,0 +1,61 @@
+"""A test-only callback that records, per epoch and rank, which layer groups were set to train and which
+actually changed (parameters and BatchNorm buffers, compared bit for bit), plus each param group's lr.
+Importable by DDP child processes through PYTHONPATH."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+def _snapshot(pl_module) -> dict[str, dict[str, list[torch.Tensor]]]:
+    return {
+        name: {
+            "params": [p.detach().clone() for m in modules for p in m.parameters()],
+            "buffers": [b.detach().clone() for m in modules for b in m.buffers() if b.is_floating_point()],
+        }
+        for name, modules in pl_module.groups.items()
+    }
+
+
+class GroupProbe(L.Callback):
+    def __init__(self, out_dir: str):
+        self.out_dir = Path(out_dir)
+        self.before = None
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.before = _snapshot(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        after = _snapshot(pl_module)
+        record = {
+            "epoch": trainer.current_epoch,
+            "rank": trainer.global_rank,
+            "trainable": sorted(pl_module.trainable_groups),
+            "params_changed": {
+                g: any(
+                    not torch.equal(a, b)
+                    for a, b in zip(self.before[g]["params"], after[g]["params"], strict=True)
+                )
+                for g in after
+            },
+            "buffers_changed": {
+                g: any(
+                    not torch.equal(a, b)
+                    for a, b in zip(self.before[g]["buffers"], after[g]["buffers"], strict=True)
+                )
+                for g in after
+            },
+            "checksum": {g: float(sum(p.double().sum() for p in after[g]["params"])) for g in after},
+            "lr": {g["name"]: g["lr"] for g in trainer.optimizers[0].param_groups},
+        }
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / f"probe_rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_probe(out_dir: Path, rank: int = 0) -> list[dict]:
+    return [json.loads(line) for line in open(Path(out_dir) / f"probe_rank{rank}.jsonl")]

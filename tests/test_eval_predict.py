@@ -1,0 +1,95 @@
+"""Evaluating a checkpoint reproduces the run's test metrics; prediction writes predictions.csv; user
+errors exit with a short message and no traceback."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from conftest import compose_config
+from medtransfer.evaluate import evaluate
+from medtransfer.job import run_job
+from medtransfer.predict import predict
+from medtransfer.train import train
+
+
+@pytest.fixture(scope="module")
+def trained_folder_run(tmp_path_factory, folder_tree):
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    cfg = compose_config(
+        "train", out, [*TINY, "data=folder", f"data.root={folder_tree}", "trainer.max_epochs=3"]
+    )
+    metrics = train(cfg)
+    return out, metrics
+
+
+def test_eval_reproduces_the_runs_test_metrics(trained_folder_run, tmp_path):
+    run, metrics = trained_folder_run
+    cfg = compose_config(
+        "eval",
+        tmp_path / "eval",
+        [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "trainer.accelerator=cpu"],
+    )
+    results = evaluate(cfg)
+    for key in (
+        "test/auroc",
+        "test/acc",
+        "test/f1",
+        "test/balanced_acc",
+        "test/sensitivity",
+        "test/specificity",
+        "test/loss",
+    ):
+        assert results[key] == pytest.approx(metrics[key], abs=1e-6), key
+    written = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert written["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)
+    assert (tmp_path / "eval" / "confusion_matrix_test.png").stat().st_size > 1000
+
+
+def test_eval_on_another_split_names_its_metrics(trained_folder_run, tmp_path):
+    run, _ = trained_folder_run
+    cfg = compose_config(
+        "eval",
+        tmp_path / "eval",
+        [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "split=val", "trainer.accelerator=cpu"],
+    )
+    results = evaluate(cfg)
+    assert set(results) >= {"val/auroc", "val/acc"} and not any(k.startswith("test/") for k in results)
+    assert (tmp_path / "eval" / "confusion_matrix_val.png").is_file()
+
+
+def test_predict_writes_class_probabilities(trained_folder_run, folder_tree, tmp_path):
+    run, _ = trained_folder_run
+    out = predict(run / "checkpoints" / "best.ckpt", folder_tree / "malignant", tmp_path / "predictions.csv")
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 16
+    assert list(rows[0]) == ["path", "prediction", "prob_benign", "prob_malignant"]
+    for row in rows:
+        assert float(row["prob_benign"]) + float(row["prob_malignant"]) == pytest.approx(1.0, abs=1e-5)
+        assert row["prediction"] == ("malignant" if float(row["prob_malignant"]) > 0.5 else "benign")
+    assert sum(r["prediction"] == "malignant" for r in rows) >= 12  # the model learned the square
+
+
+def test_user_errors_exit_with_a_message_not_a_traceback(tmp_path, capsys):
+    from medtransfer.errors import DataError
+
+    def bad():
+        raise DataError("data.root=/nowhere: no such folder.")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(bad, tmp_path)
+    assert exit_info.value.code == 2
+    assert "data.root=/nowhere" in capsys.readouterr().out
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "no such folder" in status["error"]
+
+
+def test_missing_checkpoint_is_a_user_error(tmp_path):
+    from medtransfer.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such file"):
+        predict(tmp_path / "missing.ckpt", tmp_path, tmp_path / "p.csv")

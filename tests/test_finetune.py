@@ -1,0 +1,235 @@
+"""Transfer-learning controls: layer-group learning rates, weight decay, freezing strategies, BatchNorm
+policy, gradual unfreezing in one process, after a resume and under DDP."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from medtransfer.finetune.layer_groups import LAYER_GROUPS
+from medtransfer.finetune.strategies import FastAI, Gradual, Partial
+from medtransfer.models.classifier import Classifier
+from medtransfer.optim import warmup_cosine
+from medtransfer.train import train
+from probe import read_probe
+
+TESTS = Path(__file__).parent
+BACKBONE = LAYER_GROUPS[:-1]
+
+
+def probe_override(out_dir: Path) -> list[str]:
+    return ["+callbacks.probe._target_=probe.GroupProbe", f"+callbacks.probe.out_dir={out_dir}"]
+
+
+# --------------------------------------------------------------- learning rates and weight decay
+def test_param_groups_lr_multipliers_and_no_decay_on_bias_and_norm():
+    model = Classifier(
+        finetune={
+            "_target_": "medtransfer.finetune.strategies.Full",
+            "lr_mult": {"stem": 0.01, "layer4": 0.5},
+        }
+    )
+    groups = {g["name"]: g for g in model.param_groups(lr=1e-3, weight_decay=0.05)}
+    assert groups["stem"]["lr"] == pytest.approx(1e-5) and groups["layer4"]["lr"] == pytest.approx(5e-4)
+    assert groups["head"]["lr"] == pytest.approx(1e-3) and groups["layer1"]["lr"] == pytest.approx(1e-3)
+    no_decay = {id(p) for g in groups.values() if g["weight_decay"] == 0.0 for p in g["params"]}
+    for name, module in model.named_modules():
+        for pname, p in module.named_parameters(recurse=False):
+            if isinstance(module, nn.BatchNorm2d) or pname == "bias":
+                assert id(p) in no_decay, f"{name}.{pname} must not be decayed"
+            else:
+                assert id(p) not in no_decay, f"{name}.{pname} must be decayed"
+    assert sum(len(g["params"]) for g in groups.values()) == len(list(model.parameters()))
+
+
+def test_geometric_spreads():
+    decay = Gradual(layer_decay=0.5).lr_multipliers()
+    assert decay == {
+        "head": 1.0,
+        "layer4": 0.5,
+        "layer3": 0.25,
+        "layer2": 0.125,
+        "layer1": 0.0625,
+        "stem": 0.03125,
+    }
+    spread = FastAI().lr_multipliers()  # fastai slice(lr/100, lr)
+    assert spread["head"] == pytest.approx(1.0) and spread["stem"] == pytest.approx(0.01)
+    ratios = [spread[b] / spread[a] for a, b in itertools.pairwise(LAYER_GROUPS)]
+    assert all(r == pytest.approx(ratios[0]) for r in ratios)
+
+
+def test_scheduler_keeps_every_group_ratio_at_every_step():
+    model = Classifier(finetune={"_target_": "medtransfer.finetune.strategies.Full", "layer_decay": 0.7})
+    opt = torch.optim.AdamW(model.param_groups(lr=1e-3, weight_decay=0.01))
+    sched = warmup_cosine(opt, total_steps=50, warmup_fraction=0.1)
+    initial = {g["name"]: g["initial_lr"] for g in opt.param_groups}  # the configured lrs
+    factors = []
+    for _ in range(50):
+        head = next(g["lr"] for g in opt.param_groups if g["name"] == "head")
+        factors.append(head / initial["head"])
+        for g in opt.param_groups:
+            assert g["lr"] / head == pytest.approx(initial[g["name"]] / initial["head"], rel=1e-9)
+        opt.step()
+        sched.step()
+    assert factors[0] < factors[4] == pytest.approx(1.0) and factors[-1] < 0.01  # warmup, then decay
+
+
+# ------------------------------------------------------------------------ strategies, trained
+def test_lr_of_each_group_at_first_step_equals_config(train_config, tmp_path):
+    cfg = train_config(
+        "finetune=full",
+        "finetune.layer_decay=0.5",
+        "scheduler=constant",
+        "optimizer.lr=0.004",
+        "trainer.max_epochs=1",
+        *probe_override(tmp_path),
+    )
+    train(cfg)
+    lr = read_probe(tmp_path)[0]["lr"]
+    for depth, group in enumerate(reversed(LAYER_GROUPS)):
+        assert lr[group] == pytest.approx(0.004 * 0.5**depth)
+        assert lr[f"{group}/no_decay"] == pytest.approx(0.004 * 0.5**depth)
+
+
+def test_linear_probe_freezes_backbone_bit_for_bit_and_runs_no_backward_through_it(train_config, tmp_path):
+    cfg = train_config("finetune=linear_probe", *probe_override(tmp_path))
+    train(cfg)
+    for record in read_probe(tmp_path):
+        assert record["trainable"] == ["head"]
+        assert record["params_changed"] == {g: g == "head" for g in LAYER_GROUPS}
+        assert not any(record["buffers_changed"][g] for g in BACKBONE)  # BatchNorm running stats kept
+    model = Classifier(finetune={"_target_": "medtransfer.finetune.strategies.LinearProbe"}).train()
+    assert not model.features(torch.rand(2, 3, 32, 32)).requires_grad  # no graph through the backbone
+    assert all(not m.training for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("bn", ["frozen", "train"])
+def test_partial_freezes_up_to_a_stage_with_bn_policy(train_config, tmp_path, bn):
+    cfg = train_config(
+        "finetune=partial", "finetune.frozen_until=layer2", f"finetune.bn={bn}", *probe_override(tmp_path)
+    )
+    model_groups = ("layer3", "layer4", "head")
+    train(cfg)
+    record = read_probe(tmp_path)[-1]
+    assert record["trainable"] == sorted(model_groups)
+    for g in LAYER_GROUPS:
+        if g in model_groups or bn == "train":  # bn=train: BatchNorm affine params of frozen groups train
+            assert record["params_changed"][g], g
+        else:
+            assert not record["params_changed"][g], g
+        # running statistics move where BatchNorm runs in train mode (the linear head has none)
+        assert record["buffers_changed"][g] == ((g in model_groups or bn == "train") and g != "head"), g
+
+
+def test_partial_bn_train_leaves_frozen_convolutions_unchanged():
+    model = Classifier(
+        finetune={
+            "_target_": "medtransfer.finetune.strategies.Partial",
+            "frozen_until": "layer1",
+            "bn": "train",
+        }
+    )
+    assert not model.backbone.layer1[0].conv1.weight.requires_grad
+    assert model.backbone.layer1[0].bn1.weight.requires_grad and model.backbone.layer1[0].bn1.training
+
+
+GRADUAL_SCHEDULE = {
+    0: {"head"},
+    1: {"head", "layer4"},
+    2: {"head", "layer4", "layer3"},
+    3: {"head", "layer4", "layer3", "layer2"},
+}
+
+
+def assert_gradual(records: list[dict], epochs) -> None:
+    seen = {r["epoch"]: r for r in records}
+    for epoch in epochs:
+        r = seen[epoch]
+        assert set(r["trainable"]) == GRADUAL_SCHEDULE[epoch], epoch
+        assert {g for g, changed in r["params_changed"].items() if changed} == GRADUAL_SCHEDULE[epoch], epoch
+        assert {g for g, changed in r["buffers_changed"].items() if changed} == GRADUAL_SCHEDULE[epoch] - {
+            "head"
+        }, epoch
+
+
+def test_gradual_trains_exactly_the_scheduled_groups(train_config, tmp_path):
+    assert Gradual(at_epochs=[2, 5]).trainable(4) == {"head", "layer4"}
+    assert Partial(frozen_until="stem").trainable(0) == set(LAYER_GROUPS) - {"stem"}
+    cfg = train_config("finetune=gradual", "trainer.max_epochs=4", *probe_override(tmp_path))
+    train(cfg)
+    assert_gradual(read_probe(tmp_path), range(4))
+
+
+def test_gradual_resumed_mid_schedule_keeps_the_schedule(train_config, tmp_path):
+    first = train_config(
+        "finetune=gradual", "trainer.max_epochs=2", "test=false", *probe_override(tmp_path / "a")
+    )
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    resumed = train_config(
+        "finetune=gradual", "trainer.max_epochs=4", f"ckpt_path={last}", *probe_override(tmp_path / "b")
+    )
+    train(resumed)
+    records = read_probe(tmp_path / "b")
+    assert [r["epoch"] for r in records] == [2, 3]
+    assert_gradual(records, [2, 3])
+
+
+def test_fastai_head_then_everything_with_spread_lrs(train_config, tmp_path):
+    cfg = train_config(
+        "finetune=fastai", "scheduler=constant", "trainer.max_epochs=2", *probe_override(tmp_path)
+    )
+    assert cfg.optimizer.lr == pytest.approx(2e-3)
+    train(cfg)
+    first, second = read_probe(tmp_path)
+    assert {g for g, c in first["params_changed"].items() if c} == {"head"}
+    assert all(second["params_changed"].values())
+    assert second["lr"]["stem"] == pytest.approx(2e-5) and second["lr"]["head"] == pytest.approx(2e-3)
+
+
+@pytest.mark.slow
+def test_gradual_under_ddp_with_two_cpu_processes(tmp_path, npz_file):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    cmd = [
+        sys.executable,
+        "-m",
+        "medtransfer.train",
+        "data=medmnist",
+        f"data.path={npz_file}",
+        "finetune=gradual",
+        "model.weights=null",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_epochs=3",
+        "trainer.num_sanity_val_steps=0",
+        "trainer.enable_progress_bar=false",
+        "callbacks=none",
+        "data.image_size=16",
+        "data.batch_size=8",
+        "data.num_workers=0",
+        "print_config=false",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        *probe_override(tmp_path / "probe"),
+    ]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    rank0, rank1 = read_probe(tmp_path / "probe", 0), read_probe(tmp_path / "probe", 1)
+    assert_gradual(rank0, range(3))
+    assert_gradual(rank1, range(3))
+    for a, b in zip(rank0, rank1, strict=True):  # gradients were synchronised, also after each unfreeze
+        for g in LAYER_GROUPS:
+            assert math.isclose(a["checksum"][g], b["checksum"][g], rel_tol=1e-6, abs_tol=1e-6), (
+                a["epoch"],
+                g,
+            )
+    runs = list((tmp_path / "outputs" / "train" / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "metrics.json").is_file()
