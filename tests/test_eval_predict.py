@@ -93,3 +93,15 @@ def test_missing_checkpoint_is_a_user_error(tmp_path):
 
     with pytest.raises(ConfigError, match="no such file"):
         predict(tmp_path / "missing.ckpt", tmp_path, tmp_path / "p.csv")
+
+
+def test_user_error_wrapped_by_hydra_instantiate_is_still_a_short_message(tmp_path, capsys):
+    from hydra.utils import instantiate
+
+    def bad():
+        instantiate({"_target_": "medtransfer.models.classifier.Classifier", "weights": "IMAGENET9K"})
+
+    with pytest.raises(SystemExit):
+        run_job(bad, tmp_path)
+    out = capsys.readouterr().out
+    assert "model.weights='IMAGENET9K' is not a weight of resnet18" in out and "Traceback" not in out

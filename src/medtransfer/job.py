@@ -31,6 +31,15 @@ def write_status(output_dir: str | Path, status: str, wall_time_s: float, **extr
     )
 
 
+def user_error(err: BaseException) -> UserError | None:
+    """The UserError behind `err`, also when Hydra's instantiate wrapped it."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
     """Call `fn`. A UserError becomes a short message (exit code 2 in a single run); inside a multirun any
     failure is recorded and the sweep goes on with the next job (the job returns NaN)."""
@@ -51,8 +60,9 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
             error=f"{err.__class__.__name__}: {err}",
             traceback=str(trace),
         )
-        if isinstance(err, UserError):
-            print_error(str(err))
+        cause = user_error(err)
+        if cause is not None:
+            print_error(str(cause))
             if not _is_multirun():
                 raise SystemExit(2) from None
         elif not _is_multirun():

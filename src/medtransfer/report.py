@@ -1,0 +1,164 @@
+"""`medtransfer-report <multirun dir>`: one table of every job of a sweep (overrides, status, best val
+metric, test metrics, epochs, wall time) in the terminal, as CSV and Markdown, and a PNG of the
+optimized metric against the swept parameters."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+
+import yaml
+
+from medtransfer.console import console, print_table
+
+COLUMNS = ("val_best", "test/auroc", "test/acc", "test/balanced_acc", "epochs", "wall_time_s")
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def job_dirs(multirun_dir: Path) -> list[Path]:
+    """Job directories (those holding .hydra/overrides.yaml), in job-number order."""
+    jobs = [p.parent.parent for p in Path(multirun_dir).glob("**/.hydra/overrides.yaml")]
+    return sorted(jobs, key=lambda p: (len(p.parts), int(p.name) if p.name.isdigit() else math.inf, str(p)))
+
+
+def collect(multirun_dir: str | Path) -> list[dict]:
+    """A row per job: its overrides (key=value), status, metrics, epochs and wall time."""
+    rows = []
+    for job in job_dirs(Path(multirun_dir)):
+        overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
+        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) if (job / ".hydra" / "config.yaml").is_file() else {}
+        status = _read_json(job / "status.json")
+        metrics = _read_json(job / "metrics.json")
+        optimized = (config or {}).get("optimized_metric", "val/auroc")
+        row = {
+            "job": job.name,
+            "overrides": " ".join(overrides),
+            **dict(o.split("=", 1) for o in overrides if "=" in o),
+            "status": status.get("status", "unknown" if not metrics else "completed"),
+            "val_best": metrics.get(f"{optimized}_best"),
+            **{k: v for k, v in metrics.items() if k != f"{optimized}_best"},
+            "wall_time_s": status.get("wall_time_s"),
+            "error": status.get("error", ""),
+            "dir": str(job),
+        }
+        rows.append(row)
+    return rows
+
+
+def swept_keys(rows: list[dict]) -> list[str]:
+    """Override keys whose value differs between jobs."""
+    keys = [k for r in rows for k in r["overrides"].split() for k in [k.split("=", 1)[0]]]
+    keys = list(dict.fromkeys(keys))
+    return [k for k in keys if len({r.get(k) for r in rows}) > 1]
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}" if abs(value) < 100 else f"{value:.0f}"
+    return "" if value is None else str(value)
+
+
+def markdown(rows: list[dict], keys: list[str]) -> str:
+    columns = ["job", *keys, "status", *COLUMNS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best") -> Path | None:
+    """The metric against the first numeric swept key (lr: log axis), one line per value of the others;
+    with no numeric key, a bar per job."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if isinstance(r.get(metric), int | float) and not math.isnan(r[metric])]
+    if not done:
+        return None
+
+    def numeric(key):
+        try:
+            [float(r[key]) for r in done]
+            return True
+        except (TypeError, ValueError):
+            return False
+
+    x_key = next((k for k in keys if numeric(k)), None)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if x_key:
+        others = [k for k in keys if k != x_key]
+        lines: dict[str, list] = {}
+        for r in done:
+            lines.setdefault(" ".join(f"{k}={r.get(k)}" for k in others) or "all", []).append((float(r[x_key]), r[metric]))
+        for label, points in sorted(lines.items()):
+            xs, ys = zip(*sorted(points), strict=True)
+            ax.plot(xs, ys, marker="o", label=label)
+        if "lr" in x_key.split(".")[-1]:
+            ax.set_xscale("log")
+        ax.set_xlabel(x_key)
+        ax.legend(fontsize=8)
+    else:
+        labels = [" ".join(str(r.get(k)) for k in keys) or r["job"] for r in done]
+        ax.barh(range(len(done)), [r[metric] for r in done])
+        ax.set_yticks(range(len(done)), labels, fontsize=8)
+        lo = min(r[metric] for r in done)
+        ax.set_xlim(max(0.0, lo - 0.05), 1.0)
+        for i, r in enumerate(done):
+            ax.text(r[metric], i, f" {r[metric]:.3f}", va="center", fontsize=8)
+    ax.set_title(f"{metric} per job")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def report(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Writes report.csv, report.md and report.png (into the multirun dir unless out_dir) and prints the table."""
+    multirun_dir = Path(multirun_dir)
+    out = Path(out_dir) if out_dir else multirun_dir
+    out.mkdir(parents=True, exist_ok=True)
+    rows = collect(multirun_dir)
+    if not rows:
+        raise SystemExit(f"{multirun_dir}: no jobs found (no */.hydra/overrides.yaml below it).")
+    keys = swept_keys(rows)
+    print_table(f"sweep {multirun_dir}", rows, columns=["job", *keys, "status", *COLUMNS])
+    paths = {"csv": out / "report.csv", "markdown": out / "report.md"}
+    write_csv(rows, paths["csv"])
+    paths["markdown"].write_text(markdown(rows, keys))
+    png = plot(rows, keys, out / "report.png")
+    if png:
+        paths["png"] = png
+    failed = [r["job"] for r in rows if r["status"] != "completed"]
+    if failed:
+        console.print(f"[red]{len(failed)} job(s) did not complete: {', '.join(failed)}[/red]")
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="medtransfer-report", description=__doc__.splitlines()[0])
+    parser.add_argument("multirun_dir")
+    parser.add_argument("--out", default=None, help="folder for report.csv/.md/.png (default: the multirun dir)")
+    args = parser.parse_args()
+    paths = report(args.multirun_dir, args.out)
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+    main()
