@@ -32,7 +32,7 @@ def test_head_is_sized_by_the_data_and_replaceable():
 
 @pytest.mark.parametrize("name", ["resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_other_resnets_build_with_their_feature_width(name):
-    net, width = build_backbone(name, None, in_channels=3)
+    _, width = build_backbone(name, None, in_channels=3)
     assert width == 2048 and name in RESNETS
 
 

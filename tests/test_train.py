@@ -65,7 +65,7 @@ def test_train_on_folder_tree_splits_and_records_it(train_config, folder_tree):
     cfg = train_config(data=["data=folder", f"data.root={folder_tree}"])
     train(cfg)
     run = Path(cfg.paths.output_dir)
-    rows = list(csv.DictReader(open(run / "splits.csv")))
+    rows = list(csv.DictReader((run / "splits.csv").read_text().splitlines()))
     assert len(rows) == 32
     assert {r["split"] for r in rows} == {"train", "val", "test"}
     per_class = {(r["label"], r["split"]) for r in rows}

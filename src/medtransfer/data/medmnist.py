@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medtransfer.errors import DataError
-
 from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule, Split, SplitData
+from medtransfer.errors import DataError
 
 ZENODO = "https://zenodo.org/records/10519652/files"
 # name -> (class names, {size: md5}); files are {name}.npz at 28 px and {name}_{size}.npz otherwise.

@@ -113,10 +113,7 @@ class Gradual(FreezingStrategy):
         self.at_epochs = sorted(int(e) for e in at_epochs) if at_epochs is not None else None
 
     def unfrozen_count(self, epoch: int) -> int:
-        if self.at_epochs is not None:
-            n = sum(epoch >= e for e in self.at_epochs)
-        else:
-            n = epoch // self.every
+        n = sum(epoch >= e for e in self.at_epochs) if self.at_epochs is not None else epoch // self.every
         return min(n, len(BACKBONE_GROUPS))
 
     def trainable(self, epoch: int) -> frozenset[str]:
