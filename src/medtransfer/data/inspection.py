@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 from PIL import UnidentifiedImageError
 
-from medtransfer.data.decode import DICOM_EXTENSIONS, IMAGE_EXTENSIONS, UnsupportedImageError, decode, is_image_file
+from medtransfer.data.decode import (
+    DICOM_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    UnsupportedImageError,
+    decode,
+    is_image_file,
+)
 from medtransfer.errors import DataError
 
 log = logging.getLogger(__name__)
