@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny generated data (a class folder tree, a MedMNIST-style .npz) and the real Hydra
-config composed once and overridden per test, with tiny limits, on the CPU, offline."""
+"""Shared fixtures: tiny generated data (a class folder tree, a MedMNIST-style .npz, DICOM and broken
+files) and the real Hydra config composed once and overridden per test, with tiny limits, on the CPU, offline."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -45,6 +46,61 @@ def make_folder_tree(
             ext = ".png" if i % 2 else ".jpg"
             Image.fromarray(square_image(label, size, rng, channels)).save(root / name / f"{name}_{i}{ext}")
     return root
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_truncated_png(path: Path, seed: int = 0) -> Path:
+    """A valid PNG cut after its first 60 bytes (header intact, image data missing)."""
+    path.write_bytes(png_bytes(np.random.default_rng(seed).integers(0, 255, (16, 16), dtype=np.uint8))[:60])
+    return path
+
+
+def write_corrupt_png(path: Path, seed: int = 0) -> Path:
+    """A PNG of full length whose compressed image data is damaged."""
+    data = bytearray(png_bytes(np.random.default_rng(seed).integers(0, 255, (16, 16), dtype=np.uint8)))
+    start = data.index(b"IDAT") + 8
+    data[start : start + 8] = bytes(b ^ 0xFF for b in data[start : start + 8])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    slope: float | None = None,
+    intercept: float | None = None,
+    window: tuple[float, float] | None = None,
+) -> Path:
+    """A single-frame grayscale DICOM file (explicit VR little endian) holding `pixels` (uint16 or int16)."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "OT"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+    ds.PixelRepresentation = int(pixels.dtype == np.int16)
+    if slope is not None:
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept or 0, "US"
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 def make_npz(
@@ -94,6 +150,7 @@ def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> 
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir.parent)
+        cfg.paths.data_dir = str(output_dir.parent / "data")  # caches stay in the test's tmp dir
         del cfg.hydra
     return cfg
 

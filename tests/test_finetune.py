@@ -242,8 +242,12 @@ def test_transfer_from_an_earlier_medical_run_drops_its_head(train_config):
     ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "best.ckpt"
     source = torch.load(ckpt, weights_only=True)["state_dict"]
     model = Classifier(weights=str(ckpt), num_classes=3, in_channels=3)
-    torch.testing.assert_close(model.backbone.layer3[1].conv2.weight, source["backbone.layer3.1.conv2.weight"])
+    torch.testing.assert_close(
+        model.backbone.layer3[1].conv2.weight, source["backbone.layer3.1.conv2.weight"]
+    )
     torch.testing.assert_close(model.backbone.bn1.running_var, source["backbone.bn1.running_var"])
     # the 1-channel stem spread over 3 channels: the same response to a gray image
-    torch.testing.assert_close(model.backbone.conv1.weight.sum(1, keepdim=True), source["backbone.conv1.weight"])
+    torch.testing.assert_close(
+        model.backbone.conv1.weight.sum(1, keepdim=True), source["backbone.conv1.weight"]
+    )
     assert model.head[-1].out_features == 3

@@ -48,6 +48,27 @@ def print_metrics(metrics: Mapping[str, float], title: str = "metrics") -> None:
 
 
 @rank_zero_only
+def print_data_summary(summary: Mapping) -> None:
+    """The data at a glance: images per class and split, class weights, then sizes, modes and skipped files."""
+    classes = summary["classes"]
+    rows = [{"split": s, **counts, "total": summary["totals"][s]} for s, counts in summary["counts"].items()]
+    rows.append({"split": "class weight", **summary["class_weights"]})
+    print_table("data", rows, columns=["split", *classes, "total"])
+    sizes = summary.get("original_sizes") or {}
+    details = {
+        "channels": summary["channels"],
+        "image sizes": f"height {sizes['height'][0]}–{sizes['height'][1]}, width {sizes['width'][0]}–{sizes['width'][1]}"
+        if sizes
+        else None,
+        "modes": ", ".join(f"{m} {n}" for m, n in (summary.get("channel_modes") or {}).items()) or None,
+        "sampler": summary.get("sampler") or "shuffle",
+        "in memory": summary.get("in_memory"),
+        "skipped files": summary.get("skipped_files", 0),
+    }
+    print_table("data details", [{"": k, "value": v} for k, v in details.items() if v is not None])
+
+
+@rank_zero_only
 def print_error(message: str, title: str = "medtransfer: cannot start") -> None:
     console.print(Panel(message, title=title, border_style="red", expand=False))
 

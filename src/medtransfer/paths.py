@@ -10,7 +10,7 @@ from pathlib import Path
 # point elsewhere with MEDTRANSFER_CONFIG_DIR.
 CONFIG_DIR = Path(os.environ.get("MEDTRANSFER_CONFIG_DIR", Path(__file__).resolve().parents[2] / "conf"))
 
-PATH_KEYS = ("root", "path", "manifest", "download_dir")
+PATH_KEYS = ("root", "path", "manifest", "download_dir", "cache_dir")
 
 
 def absolute_paths(data_config: Mapping) -> dict:

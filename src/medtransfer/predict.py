@@ -32,7 +32,7 @@ def find_images(input_path: str | Path) -> list[str]:
         raise DataError(f"input={path}: no such file or folder.")
     files = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
     if not files:
-        raise DataError(f"input={path}: no image files (.png .jpg .jpeg .bmp .tif .tiff) in it.")
+        raise DataError(f"input={path}: no image files (.png .jpg .jpeg .bmp .tif .tiff, DICOM) in it.")
     return files
 
 

@@ -32,7 +32,11 @@ def collect(multirun_dir: str | Path) -> list[dict]:
     rows = []
     for job in job_dirs(Path(multirun_dir)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        config = yaml.safe_load((job / ".hydra" / "config.yaml").read_text()) if (job / ".hydra" / "config.yaml").is_file() else {}
+        config = (
+            yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
+            if (job / ".hydra" / "config.yaml").is_file()
+            else {}
+        )
         status = _read_json(job / "status.json")
         metrics = _read_json(job / "metrics.json")
         optimized = (config or {}).get("optimized_metric", "val/auroc")
@@ -104,7 +108,9 @@ def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best"
         others = [k for k in keys if k != x_key]
         lines: dict[str, list] = {}
         for r in done:
-            lines.setdefault(" ".join(f"{k}={r.get(k)}" for k in others) or "all", []).append((float(r[x_key]), r[metric]))
+            lines.setdefault(" ".join(f"{k}={r.get(k)}" for k in others) or "all", []).append(
+                (float(r[x_key]), r[metric])
+            )
         for label, points in sorted(lines.items()):
             xs, ys = zip(*sorted(points), strict=True)
             ax.plot(xs, ys, marker="o", label=label)
@@ -153,7 +159,9 @@ def report(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict[
 def main() -> None:
     parser = argparse.ArgumentParser(prog="medtransfer-report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir")
-    parser.add_argument("--out", default=None, help="folder for report.csv/.md/.png (default: the multirun dir)")
+    parser.add_argument(
+        "--out", default=None, help="folder for report.csv/.md/.png (default: the multirun dir)"
+    )
     args = parser.parse_args()
     paths = report(args.multirun_dir, args.out)
     for kind, path in paths.items():

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from medtransfer.callbacks.confusion_matrix import ConfusionMatrix
 from medtransfer.callbacks.run_files import RunFiles
 from medtransfer.callbacks.sample_images import SampleImages
-from medtransfer.console import print_config, print_metrics, print_table
+from medtransfer.console import print_config, print_data_summary, print_metrics, print_table
 from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.finetune.summary import layer_group_rows
 from medtransfer.job import run_job
@@ -103,7 +103,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_data(cfg)
     model = build_model(cfg, datamodule)
-    print_table("data", [{"split": s, **c} for s, c in datamodule.summary()["counts"].items()])
+    print_data_summary(datamodule.summary())
     print_table(
         f"layer groups ({model.strategy.name}, bn={model.strategy.bn})",
         layer_group_rows(

@@ -1,4 +1,5 @@
-"""Writes the data description of a run into its directory: data_summary.json and splits.csv."""
+"""Writes the data description of a run into its directory: data_summary.json, splits.csv (when
+medtransfer made the split) and skipped.csv (when data.on_bad=skip left files out)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,4 @@ class RunFiles(L.Callback):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "data_summary.json").write_text(json.dumps(dm.summary(), indent=2))
         dm.write_splits_csv(self.output_dir / "splits.csv")
+        dm.write_skipped_csv(self.output_dir / "skipped.csv")

@@ -1,1 +1,2 @@
-"""Data: sources of medical images (class folders, MedMNIST .npz) behind one LightningDataModule."""
+"""Data: sources of medical images (class folders, CSV manifests, MedMNIST .npz) behind one LightningDataModule;
+decoding, validation, splits and caching for file sources. See docs/data.md."""

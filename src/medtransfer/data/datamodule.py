@@ -12,23 +12,28 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
-from medtransfer.data.datasets import ArrayDataset, FileDataset
+from medtransfer.data.datasets import ArrayDataset, FileDataset, TensorListDataset
+from medtransfer.data.splits import SPLITS
 from medtransfer.data.transforms import eval_transform, train_transform
-from medtransfer.errors import DataError
+from medtransfer.data.validation import Problem, left_out
+from medtransfer.errors import ConfigError, DataError
 from medtransfer.models.backbone import IMAGENET_MEAN, IMAGENET_STD
 
-SPLITS = ("train", "val", "test")
+SAMPLERS = (None, "weighted")
 
 
 @dataclass
 class Split:
-    """One split: integer labels and either uint8 images in memory or image file paths."""
+    """One split: integer labels, image file paths and/or the uint8 images in memory (an (N, H, W[, C])
+    array, or a list of (C, H, W) tensors of any sizes), and the patient of each image when known."""
 
     labels: np.ndarray
     paths: list[str] | None = None
-    images: np.ndarray | None = None
+    images: np.ndarray | list[torch.Tensor] | None = None
+    patients: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,6 +48,8 @@ class SplitData:
         False  # True when medtransfer assigned the files to splits (then splits.csv is written)
     )
     sizes: dict[str, list[int]] = field(default_factory=dict)  # min/max height and width, when known
+    modes: dict[str, int] = field(default_factory=dict)  # files per colour mode (L, RGB, I;16, DICOM ...)
+    skipped: list[Problem] = field(default_factory=list)  # problems left out under data.on_bad=skip
 
 
 def default_num_workers(in_memory: bool) -> int:
@@ -53,25 +60,12 @@ def default_num_workers(in_memory: bool) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """A split name per item: each class divided in the same proportions, shuffled by `seed`."""
-    rng = np.random.default_rng(seed)
-    assignment = np.empty(len(labels), dtype=object)
-    for cls in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_test = round(test_fraction * len(idx))
-        n_val = round(val_fraction * len(idx))
-        assignment[idx[:n_test]] = "test"
-        assignment[idx[n_test : n_test + n_val]] = "val"
-        assignment[idx[n_test + n_val :]] = "train"
-    return assignment
-
-
 class MedicalImageDataModule(L.LightningDataModule):
     """Common data module. Sources override `load_splits` and `describe_source`.
 
     image_size: side of the square network input. augment: see `train_transform`.
     num_workers: an int, or "auto". mean/std: set by training from the backbone's weights.
+    sampler: None (shuffle) or "weighted": every class drawn equally often in the train loader (seeded).
     """
 
     def __init__(
@@ -85,8 +79,11 @@ class MedicalImageDataModule(L.LightningDataModule):
         test_fraction: float = 0.15,
         seed: int = 42,
         pin_memory: bool | str = "auto",
+        sampler: str | None = None,
     ):
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"data.sampler={sampler!r}: use null (shuffle) or weighted (balanced classes).")
         self.image_size = int(image_size)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or 2 * batch_size)
@@ -96,6 +93,7 @@ class MedicalImageDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.seed = seed
         self.pin_memory = pin_memory
+        self.sampler = sampler
         self.mean: Sequence[float] | None = None
         self.std: Sequence[float] | None = None
         self.data: SplitData | None = None
@@ -165,11 +163,29 @@ class MedicalImageDataModule(L.LightningDataModule):
             self.setup()
             part = self.data.splits[split]
             transform = self.transform(split)
-            if part.images is not None:
+            if isinstance(part.images, list):
+                self._datasets[split] = TensorListDataset(part.images, part.labels, transform)
+            elif part.images is not None:
                 self._datasets[split] = ArrayDataset(part.images, part.labels, transform)
             else:
-                self._datasets[split] = FileDataset(part.paths, part.labels, self.data.channels, transform)
+                self._datasets[split] = FileDataset(
+                    part.paths, part.labels, self.data.channels, transform, self.decode_options()
+                )
         return self._datasets[split]
+
+    def decode_options(self) -> dict:
+        """Keyword arguments of `read_image` for this source's files (a DICOM window, for file sources)."""
+        return {}
+
+    def balanced_sampler(self) -> WeightedRandomSampler:
+        """Each training image drawn with probability 1 / (its class's count): every class equally often
+        per epoch, with replacement, seeded by data.seed."""
+        labels = self.data.splits["train"].labels
+        counts = np.bincount(labels, minlength=self.num_classes)
+        weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
+        return WeightedRandomSampler(
+            weights, len(labels), replacement=True, generator=torch.Generator().manual_seed(self.seed)
+        )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
@@ -180,10 +196,12 @@ class MedicalImageDataModule(L.LightningDataModule):
             pin = (
                 self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
             )
+        sampler = self.balanced_sampler() if shuffle and self.sampler == "weighted" else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle,
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=bool(pin),
@@ -204,7 +222,8 @@ class MedicalImageDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------- reporting
     def summary(self) -> dict:
-        """Classes, counts per split, class weights, channels: what goes into data_summary.json."""
+        """Classes, counts per split, class weights, channels, image sizes and modes, skipped files: what
+        goes into data_summary.json."""
         self.setup()
         counts = {s: dict(zip(self.classes, self.class_counts(s), strict=True)) for s in SPLITS}
         return {
@@ -215,21 +234,51 @@ class MedicalImageDataModule(L.LightningDataModule):
             "image_size": self.image_size,
             "counts": counts,
             "totals": {s: len(self.data.splits[s]) for s in SPLITS},
+            "class_totals": {c: sum(counts[s][c] for s in SPLITS) for c in self.classes},
             "class_weights": dict(zip(self.classes, self.class_weights(), strict=True)),
+            "sampler": self.sampler,
             "original_sizes": self.data.sizes,
+            "channel_modes": self.data.modes,
+            "in_memory": all(self.data.splits[s].images is not None for s in SPLITS),
+            "skipped_files": len(left_out(self.data.skipped)),
         }
+
+    def skipped_rows(self) -> list[tuple[str, str, str]]:
+        """(file, reason, fix) for every file left out under data.on_bad=skip (a problem without files,
+        such as an empty class folder, gives its folder)."""
+        self.setup()
+        rows = {}
+        for p in self.data.skipped:
+            for path in p.leave_out or (p.file,):
+                rows.setdefault(path, (path, p.reason, p.fix))
+        return list(rows.values())
+
+    def write_skipped_csv(self, path: str | Path) -> bool:
+        """The files left out, with reason and fix, when any were. Returns whether it wrote."""
+        rows = self.skipped_rows()
+        if not rows:
+            return False
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file", "reason", "fix"])
+            writer.writerows(rows)
+        return True
 
     def write_splits_csv(self, path: str | Path) -> bool:
         """Which file went to which split, when medtransfer made the split. Returns whether it wrote."""
         self.setup()
         if not self.data.made_split:
             return False
+        with_patients = any(self.data.splits[s].patients for s in SPLITS)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "label", "split"])
+            writer.writerow(["path", "label", "split", *(["patient"] if with_patients else [])])
             for split in SPLITS:
                 part = self.data.splits[split]
                 names = part.paths if part.paths is not None else [f"#{i}" for i in range(len(part))]
-                for name, label in zip(names, part.labels, strict=True):
-                    writer.writerow([name, self.classes[label], split])
+                patients = part.patients or [None] * len(part)
+                for name, label, patient in zip(names, part.labels, patients, strict=True):
+                    writer.writerow(
+                        [name, self.classes[label], split, *([patient or ""] if with_patients else [])]
+                    )
         return True

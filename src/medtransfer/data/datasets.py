@@ -1,8 +1,9 @@
-"""Map-style datasets that yield (image tensor, label): images in memory, or image files decoded on read."""
+"""Map-style datasets that yield (image tensor, label): images in memory (one array, or a list of tensors
+of mixed sizes), or image files decoded on read."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,20 +28,43 @@ class ArrayDataset(Dataset):
         return (self.transform(image) if self.transform else image), self.labels[i]
 
 
+class TensorListDataset(Dataset):
+    """uint8 (C, H, W) tensors held in memory, one per image, of any sizes (decoded files kept in RAM)."""
+
+    def __init__(self, images: Sequence[torch.Tensor], labels: np.ndarray, transform: Callable | None = None):
+        self.images = list(images)
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        image = self.images[i]
+        return (self.transform(image) if self.transform else image), self.labels[i]
+
+
 class FileDataset(Dataset):
-    """Image files decoded on read to `channels` channels."""
+    """Image files decoded on read to `channels` channels. decode_options: keyword arguments of
+    `read_image` (a DICOM window)."""
 
     def __init__(
-        self, paths: Sequence[str], labels: np.ndarray, channels: int, transform: Callable | None = None
+        self,
+        paths: Sequence[str],
+        labels: np.ndarray,
+        channels: int,
+        transform: Callable | None = None,
+        decode_options: Mapping | None = None,
     ):
         self.paths = list(paths)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.channels = channels
         self.transform = transform
+        self.decode_options = dict(decode_options or {})
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        image = read_image(self.paths[i], self.channels)
+        image = read_image(self.paths[i], self.channels, **self.decode_options)
         return (self.transform(image) if self.transform else image), self.labels[i]

@@ -1,26 +1,40 @@
 """`data=folder`: one folder per class, either pre-split (train/ val/ test/, each holding class folders)
-or a single tree that is split here, stratified by class and seeded."""
+or a single tree that is split here, stratified by class and seeded (copies of one image stay together)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule, Split, SplitData, stratified_split
-from medtransfer.data.decode import GRAYSCALE_MODES, image_mode, is_image_file
+from medtransfer.data.image_files import ImageFilesDataModule, Listing
+from medtransfer.data.items import Item
+from medtransfer.data.splits import SPLITS
+from medtransfer.data.validation import Problem
 from medtransfer.errors import DataError
+
+# files the operating system leaves in folders; any other file in a class folder must be an image
+SYSTEM_FILES = frozenset({"Thumbs.db", "desktop.ini"})
+
+
+def _is_listed(path: Path, folder: Path) -> bool:
+    parts = path.relative_to(folder).parts
+    return path.is_file() and not any(p.startswith(".") for p in parts) and path.name not in SYSTEM_FILES
 
 
 def _class_files(folder: Path) -> dict[str, list[str]]:
+    """Class folder name -> its files (any type: non-images are reported by validation, not ignored)."""
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {
-        c: sorted(str(f) for f in (folder / c).rglob("*") if f.is_file() and is_image_file(f))
-        for c in classes
-    }
+    return {c: sorted(str(f) for f in (folder / c).rglob("*") if _is_listed(f, folder / c)) for c in classes}
 
 
-class FolderDataModule(MedicalImageDataModule):
+def _empty_folder(folder: Path, cls: str) -> Problem:
+    return Problem(
+        str(folder),
+        "empty class folder: no files in it",
+        f"put the {cls!r} images into it, or delete the folder",
+    )
+
+
+class FolderDataModule(ImageFilesDataModule):
     def __init__(self, root: str, **kwargs):
         super().__init__(**kwargs)
         self.root = Path(root).expanduser().resolve()
@@ -28,47 +42,39 @@ class FolderDataModule(MedicalImageDataModule):
     def describe_source(self) -> dict:
         return {"type": "folder", "root": str(self.root)}
 
-    def load_splits(self) -> SplitData:
+    @property
+    def presplit(self) -> bool:
+        return all((self.root / s).is_dir() for s in SPLITS)
+
+    def locate(self, split: str, cls: str | None = None) -> str:
+        if self.presplit:
+            return str(self.root / split / cls) if cls else str(self.root / split)
+        return str(self.root / cls) if cls else f"{self.root} (the {split} split made by medtransfer)"
+
+    def list_items(self) -> Listing:
         if not self.root.is_dir():
             raise DataError(
                 f"data.root={self.root}: no such folder. Point it at a folder with one sub-folder per class."
             )
-        presplit = all((self.root / s).is_dir() for s in SPLITS)
-        if presplit:
+        if self.presplit:
             per_split = {s: _class_files(self.root / s) for s in SPLITS}
-            classes = sorted(set().union(*per_split.values()))
-            for s in SPLITS:
-                missing = set(classes) - set(per_split[s])
-                if missing:
-                    raise DataError(
-                        f"{self.root / s}: class folders {sorted(missing)} are missing; every split needs the same classes."
-                    )
+            classes = sorted({c for files in per_split.values() for c, paths in files.items() if paths})
+            items = [Item(p, c, split=s) for s in SPLITS for c in classes for p in per_split[s].get(c, [])]
+            # an empty folder of a class that has images elsewhere is reported as a missing class
+            empty = [
+                _empty_folder(self.root / s / c, c)
+                for s in SPLITS
+                for c, paths in per_split[s].items()
+                if not paths and c not in classes
+            ]
         else:
             files = _class_files(self.root)
-            classes = sorted(c for c in files if files[c])
-            if len(classes) < 2:
-                raise DataError(
-                    f"data.root={self.root}: found {len(classes)} class folder(s) with images; "
-                    "expected one sub-folder per class (or train/ val/ test/ folders holding them)."
-                )
-        index = {c: i for i, c in enumerate(classes)}
-        if presplit:
-            splits = {}
-            for s in SPLITS:
-                paths = [p for c in classes for p in per_split[s][c]]
-                labels = np.array([index[c] for c in classes for _ in per_split[s][c]], dtype=np.int64)
-                splits[s] = Split(labels=labels, paths=paths)
-        else:
-            paths = [p for c in classes for p in files[c]]
-            labels = np.array([index[c] for c in classes for _ in files[c]], dtype=np.int64)
-            assignment = stratified_split(labels, self.val_fraction, self.test_fraction, self.seed)
-            splits = {
-                s: Split(
-                    labels=labels[assignment == s],
-                    paths=[p for p, a in zip(paths, assignment, strict=True) if a == s],
-                )
-                for s in SPLITS
-            }
-        all_paths = [p for s in splits.values() for p in s.paths]
-        channels = 1 if all(image_mode(p) in GRAYSCALE_MODES for p in all_paths) else 3
-        return SplitData(classes=classes, splits=splits, channels=channels, made_split=not presplit)
+            classes = [c for c in files if files[c]]
+            items = [Item(p, c) for c in classes for p in files[c]]
+            empty = [_empty_folder(self.root / c, c) for c, paths in files.items() if not paths]
+        if len(classes) < 2:
+            raise DataError(
+                f"data.root={self.root}: found {len(classes)} class folder(s) with files; "
+                "expected one sub-folder per class (or train/ val/ test/ folders holding them)."
+            )
+        return Listing(items=items, classes=classes, split_given=self.presplit, problems=empty)

@@ -1,0 +1,83 @@
+"""Assigning items to train/val/test: stratified by label, and by group when items belong together (the
+images of one patient, copies of one image), so that no group is divided between two splits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SPLITS = ("train", "val", "test")
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """A split name per item: each class divided in the same proportions, shuffled by `seed`."""
+    rng = np.random.default_rng(seed)
+    assignment = np.empty(len(labels), dtype=object)
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        n_test = round(test_fraction * len(idx))
+        n_val = round(val_fraction * len(idx))
+        assignment[idx[:n_test]] = "test"
+        assignment[idx[n_test : n_test + n_val]] = "val"
+        assignment[idx[n_test + n_val :]] = "train"
+    return assignment
+
+
+def connected_groups(*keys: Sequence[str | None]) -> np.ndarray:
+    """A group number per item: items that share a value of any key (a patient id, a content hash) are in
+    one group, transitively. None or "" shares nothing."""
+    n = len(keys[0])
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for key in keys:
+        first: dict[str, int] = {}
+        for i, value in enumerate(key):
+            if value is None or value == "":
+                continue
+            if value in first:
+                parent[root(i)] = root(first[value])
+            else:
+                first[value] = i
+    return np.unique([root(i) for i in range(n)], return_inverse=True)[1]
+
+
+def grouped_split(
+    labels: np.ndarray, groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """A split name per item such that every group lies in one split, each class divided as closely to
+    the fractions as the groups allow.
+
+    Groups are placed largest first (in seeded random order among equal sizes), each into the split that
+    lacks most of the group's classes, relative to the targets (fraction × class count). When every group
+    is a single item this is exactly `stratified_split`, so a data set without shared groups keeps the
+    split it had before groups were taken into account."""
+    labels = np.asarray(labels)
+    group_ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    if len(group_ids) == len(labels):
+        return stratified_split(labels, val_fraction, test_fraction, seed)
+    class_ids, label_idx = np.unique(labels, return_inverse=True)
+    counts = np.zeros((len(group_ids), len(class_ids)))
+    np.add.at(counts, (inverse, label_idx), 1)
+    totals = counts.sum(0)
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    targets = np.outer(fractions, totals)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(group_ids))
+    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
+    placed = np.zeros_like(targets)
+    split_of_group = np.zeros(len(group_ids), dtype=int)
+    for g in order:
+        # the squared distance to the targets (each class weighted by 1/its count) grows least for the
+        # split whose relative deficit in this group's classes is largest
+        surplus = ((placed - targets) / totals) @ counts[g]
+        s = int(np.argmin(np.where(fractions > 0, surplus, np.inf)))
+        split_of_group[g] = s
+        placed[s] += counts[g]
+    return np.array(SPLITS, dtype=object)[split_of_group[inverse]]
