@@ -59,3 +59,19 @@ class GroupProbe(L.Callback):
 
 def read_probe(out_dir: Path, rank: int = 0) -> list[dict]:
     return [json.loads(line) for line in open(Path(out_dir) / f"probe_rank{rank}.jsonl")]
+
+
+class SlowBatches(L.Callback):
+    """Sleeps after every training batch, and marks in `out_dir/started` that training began: gives a test
+    time to interrupt a run mid-epoch."""
+
+    def __init__(self, seconds: float, out_dir: str):
+        self.seconds = seconds
+        self.out_dir = Path(out_dir)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"epoch{trainer.current_epoch}_batch{batch_idx}").touch()
+        time.sleep(self.seconds)

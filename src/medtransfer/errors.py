@@ -16,3 +16,7 @@ class DataError(UserError, ValueError):
 
 class WeightsUnavailableError(UserError, RuntimeError):
     """Pretrained weights were asked for but are neither cached nor downloadable."""
+
+
+class NonFiniteLossError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite."""

@@ -13,6 +13,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from medtransfer.console import print_error
 from medtransfer.errors import UserError
@@ -46,9 +47,11 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
     start = time.time()
     try:
         result = fn()
-    except KeyboardInterrupt:
-        write_status(output_dir, "interrupted", time.time() - start)
-        raise
+    except (KeyboardInterrupt, SystemExit) as err:
+        # Ctrl-C (Lightning turns it into SystemExit) or SIGTERM (SIGTERMException): last.ckpt was saved
+        # on the way out (SaveOnInterrupt); a sweep stops too
+        write_status(output_dir, "interrupted", time.time() - start, resume=f"medtransfer-train resume={output_dir}")
+        raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
     except Exception as err:
         trace = Path(output_dir) / "traceback.txt"
         Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -170,3 +170,14 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard scalar of a run (its tensorboard/ folder)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(tag)]

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 import hydra
 import lightning as L
+import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
@@ -17,8 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from medtransfer.callbacks.confusion_matrix import ConfusionMatrix
 from medtransfer.callbacks.run_files import RunFiles
 from medtransfer.callbacks.sample_images import SampleImages
-from medtransfer.console import print_config, print_data_summary, print_metrics, print_table
+from medtransfer.callbacks.save_on_interrupt import SaveOnInterrupt
+from medtransfer.console import print_config, print_data_summary, print_error, print_metrics, print_table
 from medtransfer.data.datamodule import MedicalImageDataModule
+from medtransfer.distributed import install_job_subprocess_command, per_process_batch_size, process_group_per_job
+from medtransfer.errors import ConfigError
 from medtransfer.finetune.summary import layer_group_rows
 from medtransfer.job import run_job
 from medtransfer.loggers import HParamsTensorBoardLogger
@@ -72,6 +78,7 @@ def build_trainer(cfg: DictConfig, model: Classifier, output_dir: Path) -> L.Tra
         ModelCheckpoint(
             dirpath=output_dir / "checkpoints", filename="last", save_top_k=1, enable_version_counter=False
         ),
+        SaveOnInterrupt(str(output_dir / "checkpoints" / "last.ckpt")),
         RunFiles(str(output_dir)),
         SampleImages(),
         ConfusionMatrix(str(output_dir)),
@@ -85,6 +92,16 @@ def build_trainer(cfg: DictConfig, model: Classifier, output_dir: Path) -> L.Tra
         # layer groups that unfreeze mid-run get no gradient while frozen: DDP must expect unused parameters
         kwargs["strategy"] = DDPStrategy(find_unused_parameters=True)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
+
+
+def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
+    """`ckpt_path` when given; for a SLURM job that was requeued (preempted, timed out), its own last.ckpt."""
+    if cfg.get("ckpt_path"):
+        return str(cfg.ckpt_path)
+    last = output_dir / "checkpoints" / "last.ckpt"
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0 and last.is_file():
+        return str(last)
+    return None
 
 
 def hparams_for_tensorboard(cfg: DictConfig) -> dict:
@@ -111,7 +128,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         ),
     )
     trainer = build_trainer(cfg, model, output_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    datamodule.batch_size = per_process_batch_size(datamodule.batch_size, trainer.world_size)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, output_dir))
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
@@ -134,11 +152,41 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def resume_arguments(run_dir: str | Path) -> list[str]:
+    """The command-line overrides that continue the run in `run_dir`: its own overrides, its run dir, and
+    its last.ckpt (same config, same TensorBoard run)."""
+    run_dir = Path(run_dir).expanduser().resolve()
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not overrides_file.is_file():
+        raise ConfigError(f"resume={run_dir}: no .hydra/overrides.yaml there; give the run directory of a medtransfer-train run.")
+    if not last.is_file():
+        raise ConfigError(f"resume={run_dir}: no checkpoints/last.ckpt yet (the run ended before its first epoch); start it again instead.")
+    saved = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith(("ckpt_path=", "hydra."))]
+    return [*saved, f"ckpt_path={last}", f'hydra.run.dir="{run_dir}"']
+
+
+def main() -> None:
+    """Console entry point: `resume=<run dir>` is expanded into that run's own overrides first."""
+    args = sys.argv[1:]
+    resume = [a for a in args if a.startswith("resume=")]
+    if resume:
+        try:
+            extra = resume_arguments(resume[-1].split("=", 1)[1])
+        except ConfigError as err:
+            print_error(str(err))
+            raise SystemExit(2) from None
+        sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
+    install_job_subprocess_command()
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     if cfg.get("print_config", True):
         print_config(cfg)
-    metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
+    with process_group_per_job():
+        metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
     if isinstance(metrics, dict):
         return metrics.get(f"{cfg.optimized_metric}_best", float("nan"))
     return metrics

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
-from medtransfer.errors import ConfigError
+from medtransfer.errors import ConfigError, NonFiniteLossError
 from medtransfer.finetune.layer_groups import LAYER_GROUPS, group_parameters, layer_groups
 from medtransfer.finetune.strategies import BACKBONE_GROUPS, FreezingStrategy, Full
 from medtransfer.metrics import classification_metrics
@@ -192,6 +192,12 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"The training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
+                "the run stops here and keeps its last good checkpoint (checkpoints/last.ckpt). "
+                "Lower optimizer.lr, set trainer.gradient_clip_val=1.0, or check the data for broken images."
+            )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
 
