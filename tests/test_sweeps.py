@@ -33,7 +33,9 @@ TINY_CLI = [
 ]
 
 
-def cli(tmp_path: Path, npz: Path, *args: str, timeout: int = 500, multirun: bool = True) -> subprocess.CompletedProcess:
+def cli(
+    tmp_path: Path, npz: Path, *args: str, timeout: int = 500, multirun: bool = True
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "medtransfer.train", *(["-m"] if multirun else [])]
     cmd += ["data=medmnist", f"data.path={npz}", *TINY_CLI, f"paths.log_dir={tmp_path / 'outputs'}", *args]
@@ -48,13 +50,25 @@ def statuses(sweep: Path) -> dict[str, str]:
     return {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/status.json")}
 
 
-def test_grid_sweep_completes_and_reports(tmp_path, npz_file):
-    result = cli(tmp_path, npz_file, "finetune=full,linear_probe", "optimizer.lr=1e-3,1e-2")
+@pytest.fixture(scope="module")
+def grid_sweep(tmp_path_factory, npz_file) -> Path:
+    """A 2×2 grid (freezing strategy × lr), 2 epochs per job; shared by the report and notebook tests."""
+    tmp_path = tmp_path_factory.mktemp("grid")
+    result = cli(
+        tmp_path, npz_file, "finetune=full,linear_probe", "optimizer.lr=1e-3,1e-2", "trainer.max_epochs=2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
+    return sweep
+
+
+def test_grid_sweep_completes_and_reports(grid_sweep):
+    sweep = grid_sweep
     assert statuses(sweep) == {str(i): "completed" for i in range(4)}
     rows = list(csv.DictReader((sweep / "report.csv").open()))
-    assert {(r["finetune"], float(r["optimizer.lr"])) for r in rows} == {(f, lr) for f in ("full", "linear_probe") for lr in (1e-3, 1e-2)}
+    assert {(r["finetune"], float(r["optimizer.lr"])) for r in rows} == {
+        (f, lr) for f in ("full", "linear_probe") for lr in (1e-3, 1e-2)
+    }
     assert all(float(r["test/auroc"]) >= 0 for r in rows)
     assert (sweep / "report.png").stat().st_size > 5000 and "| job |" in (sweep / "report.md").read_text()
     for job in sweep.iterdir():  # sibling TensorBoard runs under one logdir
@@ -75,7 +89,11 @@ def test_failing_job_does_not_stop_the_sweep(tmp_path, npz_file):
 
 def test_optuna_sweep_runs_three_trials(tmp_path, npz_file):
     result = cli(
-        tmp_path, npz_file, "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2",
+        tmp_path,
+        npz_file,
+        "hparams_search=optuna",
+        "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.sampler.n_startup_trials=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)
@@ -86,7 +104,12 @@ def test_optuna_sweep_runs_three_trials(tmp_path, npz_file):
 
 def test_ddp_jobs_in_a_multirun_one_run_dir_each_and_match_one_process(tmp_path, npz_file):
     result = cli(
-        tmp_path, npz_file, "trainer.strategy=ddp", "trainer.devices=1,2", "data.batch_size=16", "trainer.max_epochs=2",
+        tmp_path,
+        npz_file,
+        "trainer.strategy=ddp",
+        "trainer.devices=1,2",
+        "data.batch_size=16",
+        "trainer.max_epochs=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     [sweep] = sweep_dirs(tmp_path)  # rank 1 walked no sweep of its own
@@ -108,14 +131,27 @@ def test_sigterm_mid_epoch_saves_and_resume_finishes(tmp_path, npz_file):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     marks = tmp_path / "marks"
     cmd = [
-        sys.executable, "-m", "medtransfer.train", "data=medmnist", f"data.path={npz_file}", *TINY_CLI,
-        "trainer.max_epochs=3", f"paths.log_dir={tmp_path / 'outputs'}", "hydra.run.dir=outputs/run",
-        "+callbacks.slow._target_=probe.SlowBatches", "+callbacks.slow.seconds=0.3", f"+callbacks.slow.out_dir={marks}",
+        sys.executable,
+        "-m",
+        "medtransfer.train",
+        "data=medmnist",
+        f"data.path={npz_file}",
+        *TINY_CLI,
+        "trainer.max_epochs=3",
+        f"paths.log_dir={tmp_path / 'outputs'}",
+        "hydra.run.dir=outputs/run",
+        "+callbacks.slow._target_=probe.SlowBatches",
+        "+callbacks.slow.seconds=0.3",
+        f"+callbacks.slow.out_dir={marks}",
     ]
-    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + 300
     while not (marks / "epoch1_batch2").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:] if proc.stdout else ""
+        assert proc.poll() is None and time.time() < deadline, (
+            proc.stdout.read()[-3000:] if proc.stdout else ""
+        )
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
@@ -128,13 +164,20 @@ def test_sigterm_mid_epoch_saves_and_resume_finishes(tmp_path, npz_file):
     assert saved["epoch"] == 1 and saved["global_step"] > 6  # mid-epoch 1: nothing trained was lost
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "medtransfer.train", f"resume={run}"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "medtransfer.train", f"resume={run}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs"] == 3
-    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) >= 2  # the same TensorBoard run, continued
+    assert (
+        len(list((run / "tensorboard").glob("events.out.tfevents.*"))) >= 2
+    )  # the same TensorBoard run, continued
 
     (tmp_path / "fresh").mkdir()
     fresh = cli(tmp_path / "fresh", npz_file, "trainer.max_epochs=3", multirun=False)
@@ -146,24 +189,33 @@ def test_sigterm_mid_epoch_saves_and_resume_finishes(tmp_path, npz_file):
 
 
 def test_resume_of_a_dir_without_checkpoint_is_a_clear_error(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "medtransfer.train", f"resume={tmp_path}"], capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "COLUMNS": "400"}  # one line per sentence in the Rich panel
+    result = subprocess.run(
+        [sys.executable, "-m", "medtransfer.train", f"resume={tmp_path}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2 and "no .hydra/overrides.yaml" in result.stdout
 
 
-def test_notebook_executes_against_a_tiny_sweep(tmp_path, npz_file):
+def test_notebook_executes_against_a_tiny_sweep(grid_sweep):
     import nbformat
     from nbclient import NotebookClient
 
-    result = cli(tmp_path, npz_file, "optimizer.lr=1e-3,1e-2", "trainer.max_epochs=2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    [sweep] = sweep_dirs(tmp_path)
+    sweep = grid_sweep
     notebook = Path(__file__).parents[1] / "notebooks" / "compare_runs.ipynb"
     nb = nbformat.read(notebook, as_version=4)
-    assert all(not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code")  # saved without outputs
+    assert all(
+        not cell.get("outputs") for cell in nb.cells if cell.cell_type == "code"
+    )  # saved without outputs
     os.environ["MEDTRANSFER_SWEEP_DIR"] = str(sweep)
     try:
-        NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}).execute()
+        NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(notebook.parent)}}
+        ).execute()
     finally:
         del os.environ["MEDTRANSFER_SWEEP_DIR"]
     text = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    assert "2 jobs" in text and "optimizer.lr" in text
+    assert "4 jobs" in text and "optimizer.lr" in text and "finetune" in text

@@ -50,7 +50,9 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
     except (KeyboardInterrupt, SystemExit) as err:
         # Ctrl-C (Lightning turns it into SystemExit) or SIGTERM (SIGTERMException): last.ckpt was saved
         # on the way out (SaveOnInterrupt); a sweep stops too
-        write_status(output_dir, "interrupted", time.time() - start, resume=f"medtransfer-train resume={output_dir}")
+        write_status(
+            output_dir, "interrupted", time.time() - start, resume=f"medtransfer-train resume={output_dir}"
+        )
         raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
     except Exception as err:
         trace = Path(output_dir) / "traceback.txt"

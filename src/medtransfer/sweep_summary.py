@@ -22,5 +22,7 @@ class SweepSummary(Callback):
         report(sweep_dir)
         failed = [r for r in collect(sweep_dir) if r["status"] == "failed"]
         if failed:
-            console.print(f"[red]{len(failed)} job(s) failed; see status.json and traceback.txt in their run dirs.[/red]")
+            console.print(
+                f"[red]{len(failed)} job(s) failed; see status.json and traceback.txt in their run dirs.[/red]"
+            )
             raise SystemExit(1)

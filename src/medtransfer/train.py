@@ -23,7 +23,11 @@ from medtransfer.callbacks.sample_images import SampleImages
 from medtransfer.callbacks.save_on_interrupt import SaveOnInterrupt
 from medtransfer.console import print_config, print_data_summary, print_error, print_metrics, print_table
 from medtransfer.data.datamodule import MedicalImageDataModule
-from medtransfer.distributed import install_job_subprocess_command, per_process_batch_size, process_group_per_job
+from medtransfer.distributed import (
+    install_job_subprocess_command,
+    per_process_batch_size,
+    process_group_per_job,
+)
 from medtransfer.errors import ConfigError
 from medtransfer.finetune.summary import layer_group_rows
 from medtransfer.job import run_job
@@ -159,10 +163,18 @@ def resume_arguments(run_dir: str | Path) -> list[str]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     last = run_dir / "checkpoints" / "last.ckpt"
     if not overrides_file.is_file():
-        raise ConfigError(f"resume={run_dir}: no .hydra/overrides.yaml there; give the run directory of a medtransfer-train run.")
+        raise ConfigError(
+            f"resume={run_dir}: no .hydra/overrides.yaml there; give the run directory of a medtransfer-train run."
+        )
     if not last.is_file():
-        raise ConfigError(f"resume={run_dir}: no checkpoints/last.ckpt yet (the run ended before its first epoch); start it again instead.")
-    saved = [o for o in yaml.safe_load(overrides_file.read_text()) or [] if not o.startswith(("ckpt_path=", "hydra."))]
+        raise ConfigError(
+            f"resume={run_dir}: no checkpoints/last.ckpt yet (the run ended before its first epoch); start it again instead."
+        )
+    saved = [
+        o
+        for o in yaml.safe_load(overrides_file.read_text()) or []
+        if not o.startswith(("ckpt_path=", "hydra."))
+    ]
     return [*saved, f"ckpt_path={last}", f'hydra.run.dir="{run_dir}"']
 
 

@@ -14,7 +14,11 @@ class SaveOnInterrupt(L.Callback):
     def __init__(self, path: str):
         self.path = Path(path)
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException) and trainer.state.fn == "fit":
             trainer.save_checkpoint(self.path)  # every rank takes part; rank zero writes
-            rank_zero_info(f"Interrupted: saved {self.path}; continue with medtransfer-train resume={self.path.parent.parent}")
+            rank_zero_info(
+                f"Interrupted: saved {self.path}; continue with medtransfer-train resume={self.path.parent.parent}"
+            )
