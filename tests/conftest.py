@@ -164,3 +164,19 @@ def train_config(tmp_path, npz_file):
         return compose_config("train", tmp_path / "run", [*TINY, *data, *overrides])
 
     return make
+
+
+TESTS = Path(__file__).parent
+TINY_CLI = [*(o for o in TINY if not o.startswith("trainer.max_epochs")), "trainer.max_epochs=1"]
+
+
+def run_train_cli(cwd: Path, npz: Path, *args: str, multirun: bool = False, timeout: int = 500):
+    """`python -m medtransfer.train` on the tiny .npz in a subprocess (tests/ on PYTHONPATH for probes),
+    with outputs under cwd/outputs."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "medtransfer.train", *(["-m"] if multirun else [])]
+    cmd += ["data=medmnist", f"data.path={npz}", *TINY_CLI, f"paths.log_dir={cwd / 'outputs'}", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

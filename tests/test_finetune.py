@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from conftest import run_train_cli
 from medtransfer.finetune.layer_groups import LAYER_GROUPS
 from medtransfer.finetune.strategies import FastAI, Gradual, Partial
 from medtransfer.models.classifier import Classifier
@@ -197,30 +195,16 @@ def test_fastai_head_then_everything_with_spread_lrs(train_config, tmp_path):
 
 @pytest.mark.slow
 def test_gradual_under_ddp_with_two_cpu_processes(tmp_path, npz_file):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [
-        sys.executable,
-        "-m",
-        "medtransfer.train",
-        "data=medmnist",
-        f"data.path={npz_file}",
+    result = run_train_cli(
+        tmp_path,
+        npz_file,
         "finetune=gradual",
-        "model.weights=null",
-        "trainer.accelerator=cpu",
         "trainer.devices=2",
         "trainer.strategy=ddp",
         "trainer.max_epochs=3",
-        "trainer.num_sanity_val_steps=0",
-        "trainer.enable_progress_bar=false",
-        "callbacks=none",
-        "data.image_size=16",
-        "data.batch_size=8",
-        "data.num_workers=0",
-        "print_config=false",
-        f"paths.log_dir={tmp_path / 'outputs'}",
         *probe_override(tmp_path / "probe"),
-    ]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+        timeout=400,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     rank0, rank1 = read_probe(tmp_path / "probe", 0), read_probe(tmp_path / "probe", 1)
     assert_gradual(rank0, range(3))

@@ -14,32 +14,17 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TINY_CLI, run_train_cli
 from medtransfer.report import collect
 
 pytestmark = pytest.mark.slow
 TESTS = Path(__file__).parent
-TINY_CLI = [
-    "model.weights=null",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "trainer.num_sanity_val_steps=0",
-    "trainer.enable_progress_bar=false",
-    "trainer.log_every_n_steps=1",
-    "callbacks=none",
-    "data.image_size=16",
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "print_config=false",
-]
 
 
 def cli(
     tmp_path: Path, npz: Path, *args: str, timeout: int = 500, multirun: bool = True
 ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "medtransfer.train", *(["-m"] if multirun else [])]
-    cmd += ["data=medmnist", f"data.path={npz}", *TINY_CLI, f"paths.log_dir={tmp_path / 'outputs'}", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=tmp_path)
+    return run_train_cli(tmp_path, npz, *args, multirun=multirun, timeout=timeout)
 
 
 def sweep_dirs(tmp_path: Path) -> list[Path]:

@@ -12,27 +12,11 @@ from torch.utils.data import Dataset
 from medtransfer.data.decode import read_image
 
 
-class ArrayDataset(Dataset):
-    """uint8 images held in memory, (N, H, W) or (N, H, W, C)."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
-        self.images = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        image = self.images[i]
-        return (self.transform(image) if self.transform else image), self.labels[i]
-
-
 class TensorListDataset(Dataset):
     """uint8 (C, H, W) tensors held in memory, one per image, of any sizes (decoded files kept in RAM)."""
 
     def __init__(self, images: Sequence[torch.Tensor], labels: np.ndarray, transform: Callable | None = None):
-        self.images = list(images)
+        self.images = images if isinstance(images, torch.Tensor) else list(images)
         self.labels = torch.as_tensor(labels, dtype=torch.long)
         self.transform = transform
 
@@ -42,6 +26,14 @@ class TensorListDataset(Dataset):
     def __getitem__(self, i: int):
         image = self.images[i]
         return (self.transform(image) if self.transform else image), self.labels[i]
+
+
+class ArrayDataset(TensorListDataset):
+    """uint8 images held in memory as one array, (N, H, W) or (N, H, W, C)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None):
+        tensor = torch.from_numpy(images if images.ndim == 4 else images[..., None]).permute(0, 3, 1, 2)
+        super().__init__(tensor, labels, transform)
 
 
 class FileDataset(Dataset):
