@@ -72,7 +72,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 def _cell(value) -> str:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.4f}" if abs(value) < 100 else f"{value:.0f}"
+        return "" if math.isnan(value) else f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     return "" if value is None else str(value)
 
 
@@ -81,6 +81,15 @@ def markdown(rows: list[dict], keys: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _short(value) -> str:
+    """A path-like value as `<first folder>/…/<file>`, so that plot labels stay readable."""
+    text = str(value)
+    if "/" not in text or len(text) <= 24:
+        return text
+    parts = [p for p in Path(text).parts if p not in ("outputs", ".", "..", "/")]
+    return f"{parts[0]}/…/{parts[-1]}" if len(parts) > 2 else text
 
 
 def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best") -> Path | None:
@@ -103,7 +112,7 @@ def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best"
             return False
 
     x_key = next((k for k in keys if numeric(k)), None)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * max(len(done), 6)))
     if x_key:
         others = [k for k in keys if k != x_key]
         lines: dict[str, list] = {}
@@ -119,7 +128,7 @@ def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best"
         ax.set_xlabel(x_key)
         ax.legend(fontsize=8)
     else:
-        labels = [" ".join(str(r.get(k)) for k in keys) or r["job"] for r in done]
+        labels = [", ".join(f"{k.split('.')[-1]}={_short(r.get(k))}" for k in keys) or r["job"] for r in done]
         ax.barh(range(len(done)), [r[metric] for r in done])
         ax.set_yticks(range(len(done)), labels, fontsize=8)
         lo = min(r[metric] for r in done)
