@@ -148,9 +148,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     best = model.best_metric.compute().item() if model.best_metric.update_count else float("nan")
     metrics[f"{cfg.optimized_metric}_best"] = best
-    metrics.update(fitted_on_validation(model))
+    fitted = fitted_on_validation(model)
+    metrics.update(fitted)
     if trainer.is_global_zero:
         write_decision_settings(model, output_dir)
+        log_scalars(trainer.loggers, fitted, trainer.global_step)
     if cfg.get("test", True):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
         metrics.update({k: float(v) for k, v in results[0].items()})
