@@ -76,8 +76,10 @@ def write_dicom(
     slope: float | None = None,
     intercept: float | None = None,
     window: tuple[float, float] | None = None,
+    patient: dict[str, str] | None = None,
 ) -> Path:
-    """A single-frame grayscale DICOM file (explicit VR little endian) holding `pixels` (uint16 or int16)."""
+    """A single-frame grayscale DICOM file (explicit VR little endian) holding `pixels` (uint16 or int16).
+    patient: header attributes to set, e.g. {"PatientName": "Doe^Jane", "PatientID": "X1"}."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -98,6 +100,8 @@ def write_dicom(
         ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept or 0, "US"
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
+    for keyword, value in (patient or {}).items():
+        setattr(ds, keyword, value)
     ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

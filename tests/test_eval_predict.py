@@ -9,6 +9,7 @@ import json
 import pytest
 
 from conftest import compose_config
+from medtransfer.checkpoint import load_classifier
 from medtransfer.evaluate import evaluate
 from medtransfer.job import run_job
 from medtransfer.predict import predict
@@ -68,9 +69,11 @@ def test_predict_writes_class_probabilities(trained_folder_run, folder_tree, tmp
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 16
     assert list(rows[0]) == ["path", "prediction", "prob_benign", "prob_malignant"]
+    threshold = load_classifier(run / "checkpoints" / "best.ckpt").threshold  # chosen on val (Youden's J)
+    assert threshold is not None
     for row in rows:
         assert float(row["prob_benign"]) + float(row["prob_malignant"]) == pytest.approx(1.0, abs=1e-5)
-        assert row["prediction"] == ("malignant" if float(row["prob_malignant"]) > 0.5 else "benign")
+        assert row["prediction"] == ("malignant" if float(row["prob_malignant"]) >= threshold else "benign")
     assert sum(r["prediction"] == "malignant" for r in rows) >= 12  # the model learned the square
 
 

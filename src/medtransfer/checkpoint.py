@@ -1,7 +1,9 @@
-"""Loading a medtransfer checkpoint back into a model, with its data config and preprocessing."""
+"""Loading a medtransfer checkpoint back into a model, with its data config, preprocessing, temperature and
+threshold; adding what is fitted after training to a checkpoint."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -19,3 +21,14 @@ def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "c
         )
     model = Classifier.load_from_checkpoint(path, map_location=map_location, weights_only=True, weights=None)
     return model.eval()
+
+
+def add_to_checkpoint(ckpt_path: str | Path, **entries) -> None:
+    """Store `entries` in the checkpoint's medtransfer section, in place (written to a temporary file,
+    then renamed, so a crash never leaves half a checkpoint). Values must be plain data (weights_only)."""
+    path = Path(ckpt_path)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint.setdefault("medtransfer", {}).update(entries)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)

@@ -1,5 +1,7 @@
 """`medtransfer-eval ckpt_path=PATH [split=test] [data=... data.*=...]`: metrics of a checkpoint on a split,
-written to metrics.json, with the confusion matrix as PNG, in the eval run's own directory."""
+written to metrics.json, with the confusion matrix, the reliability diagram, ROC and precision-recall curves
+as PNG and the per-class report, in the eval run's own directory. The checkpoint's temperature and threshold
+(fitted after training) are applied."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from medtransfer.checkpoint import load_classifier
 from medtransfer.console import print_metrics
 from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule
 from medtransfer.errors import ConfigError
+from medtransfer.evaluation_report import evaluation_report, write_decision_settings
 from medtransfer.job import run_job
 from medtransfer.models.classifier import Classifier
 from medtransfer.paths import CONFIG_DIR
@@ -57,6 +60,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics = {f"{cfg.split}/{k.split('/', 1)[1]}": float(v) for k, v in results.items()}
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
+        bootstrap = cfg.get("bootstrap") or {}
+        metrics.update(
+            evaluation_report(
+                model,
+                cfg.split,
+                output_dir,
+                trainer.loggers,
+                bootstrap_samples=int(bootstrap.get("samples", 0)),
+                bootstrap_seed=int(bootstrap.get("seed", 0)),
+            )
+        )
+        write_decision_settings(model, output_dir)
         (output_dir / "metrics.json").write_text(
             json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2)
         )

@@ -39,8 +39,96 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     return fig
 
 
-def confusion_matrix(probs, targets, num_classes: int) -> np.ndarray:
-    preds = np.asarray(probs).argmax(axis=1)
+def confusion_matrix(probs, targets, num_classes: int, predictions=None) -> np.ndarray:
+    """Counts per (true, predicted) class; `predictions` default to the class with the highest probability."""
+    preds = np.asarray(probs).argmax(axis=1) if predictions is None else np.asarray(predictions)
     return np.bincount(np.asarray(targets) * num_classes + preds, minlength=num_classes**2).reshape(
         num_classes, num_classes
     )
+
+
+def roc_figure(fpr, tpr, auroc: float, threshold_point=None, title: str = "ROC curve"):
+    """The ROC curve; `threshold_point`: (fpr, tpr, threshold) of the chosen operating point."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
+    if threshold_point is not None:
+        x, y, t = threshold_point
+        ax.plot([x], [y], "o", color="crimson", label=f"threshold {t:.3g}")
+    ax.set_xlabel("1 − specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def pr_figure(
+    precision, recall, prevalence: float, threshold_point=None, title: str = "Precision-recall curve"
+):
+    """The precision-recall curve of class 1; the dashed line is the precision of guessing (prevalence);
+    `threshold_point`: (recall, precision, threshold) of the chosen operating point."""
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    ax.plot(recall, precision, lw=2)
+    ax.axhline(prevalence, ls="--", color="gray", lw=1, label=f"prevalence {prevalence:.2f}")
+    if threshold_point is not None:
+        x, y, t = threshold_point
+        ax.plot([x], [y], "o", color="crimson", label=f"threshold {t:.3g}")
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_title(title)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_figure(curves: dict[str, dict], title: str = "Reliability diagram"):
+    """Accuracy against mean confidence per confidence bin, one line per entry of `curves` (label →
+    `calibration.reliability_bins` output plus "ece"), with the share of images per bin below."""
+    fig, (ax, hist) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1, label="perfect calibration")
+    for label, bins in curves.items():
+        keep = ~np.isnan(np.asarray(bins["accuracy"]))
+        conf, acc = np.asarray(bins["confidence"])[keep], np.asarray(bins["accuracy"])[keep]
+        line = ax.plot(conf, acc, "o-", label=f"{label} (ECE {bins['ece']:.3f})")[0]
+        edges = np.asarray(bins["edges"])
+        counts = np.asarray(bins["counts"])
+        hist.stairs(counts / max(counts.sum(), 1), edges, color=line.get_color(), alpha=0.8)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    hist.set_xlabel("confidence (highest class probability)")
+    hist.set_ylabel("share")
+    fig.tight_layout()
+    return fig
+
+
+def overlay_grid_figure(rows: list[list[dict]], row_labels: Sequence[str], title: str):
+    """A grid of images (rows × columns); each cell a dict with "image" (H, W, 3 uint8), "caption" and
+    "correct" (green or red caption)."""
+    n_cols = max((len(r) for r in rows), default=1)
+    fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.2 * n_cols + 0.6, 2.4 * len(rows)), squeeze=False)
+    for r, cells in enumerate(rows):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(cells):
+                cell = cells[c]
+                ax.imshow(cell["image"])
+                ax.set_title(cell["caption"], fontsize=8, color="green" if cell["correct"] else "crimson")
+            else:
+                ax.axis("off")
+            if c == 0:
+                ax.set_ylabel(f"true: {row_labels[r]}", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

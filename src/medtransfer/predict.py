@@ -1,25 +1,31 @@
-"""`medtransfer-predict ckpt_path=PATH input=DIR_OR_FILE`: classify new images with a checkpoint (which
-carries the class names and preprocessing) and write predictions.csv: path, predicted class, one
-probability column per class."""
+"""`medtransfer-predict ckpt_path=PATH input=DIR_OR_FILE [explain=true]`: classify new images with a
+checkpoint (which carries the class names, preprocessing, temperature and threshold) and write
+predictions.csv: path, predicted class, one probability column per class (and with explain=true the path of
+a Grad-CAM overlay PNG per image, in explanations/ next to it); predictions.json says how the class was
+decided. Only file paths identify an image: nothing from a DICOM header is written."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from medtransfer.checkpoint import load_classifier
 from medtransfer.console import console
 from medtransfer.data.datamodule import default_num_workers
 from medtransfer.data.datasets import FileDataset
-from medtransfer.data.decode import is_image_file
+from medtransfer.data.decode import is_image_file, read_image
 from medtransfer.data.transforms import eval_transform
 from medtransfer.errors import DataError
+from medtransfer.evaluation_report import decision_text
+from medtransfer.explain import check_method, heatmaps, overlay
 from medtransfer.job import run_job
 from medtransfer.paths import CONFIG_DIR
 
@@ -36,14 +42,28 @@ def find_images(input_path: str | Path) -> list[str]:
     return files
 
 
-@torch.inference_mode()
+def overlay_path(path: str | Path, input_path: str | Path, explanations_dir: Path) -> Path:
+    """explanations/<the image's path below the input folder>.cam.png (the original name is kept whole, so
+    a.png and a.jpg do not collide)."""
+    path, root = Path(path), Path(input_path).expanduser()
+    relative = path.relative_to(root) if root.is_dir() else Path(path.name)
+    return explanations_dir / relative.parent / f"{relative.name}.cam.png"
+
+
 def predict(
     ckpt_path: str | Path,
     input_path: str | Path,
     output: str | Path,
     batch_size: int = 64,
     num_workers="auto",
+    explain: bool = False,
+    explain_method: str = "gradcam",
 ) -> Path:
+    """Write predictions.csv (path, prediction, prob_<class>…, with explain: the overlay's path) and, next
+    to it, predictions.json (how the prediction was decided). The checkpoint's temperature scales the
+    probabilities; for binary tasks its threshold decides the class."""
+    if explain:
+        check_method(explain_method)
     model = load_classifier(ckpt_path)
     prep = model.preprocessing
     paths = find_images(input_path)
@@ -57,14 +77,55 @@ def predict(
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=min(workers, max(0, len(paths) // batch_size))
     )
-    probs = torch.cat([model(x).float().softmax(dim=1) for x, _ in loader]).numpy()
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    explanations_dir = output.parent / "explanations"
+    all_probs, all_predicted, overlays = [], [], []
+    for x, _ in loader:
+        with torch.inference_mode():
+            probs = model.probabilities(x)
+        predicted = model.decide(probs)
+        all_probs.append(probs)
+        all_predicted.append(predicted)
+        if explain:  # the heatmap of the predicted class, over the original image (its own size)
+            start = sum(len(p) for p in all_probs[:-1])
+            maps = heatmaps(model, x, predicted.tolist(), explain_method)
+            for path, heat in zip(paths[start : start + len(x)], maps, strict=True):
+                target = overlay_path(path, input_path, explanations_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(overlay(read_image(path, 3), heat)).save(target)
+                overlays.append(str(target))
+    probs = torch.cat(all_probs).numpy()
+    predicted = torch.cat(all_predicted).tolist()
     with open(output, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "prediction", *[f"prob_{c}" for c in model.class_names]])
-        for path, p in zip(paths, probs, strict=True):
-            writer.writerow([path, model.class_names[int(p.argmax())], *[f"{v:.6f}" for v in p]])
+        writer.writerow(
+            [
+                "path",
+                "prediction",
+                *[f"prob_{c}" for c in model.class_names],
+                *(["explanation"] if explain else []),
+            ]
+        )
+        for i, (path, p) in enumerate(zip(paths, probs, strict=True)):
+            writer.writerow(
+                [
+                    path,
+                    model.class_names[predicted[i]],
+                    *[f"{v:.6f}" for v in p],
+                    *([overlays[i]] if explain else []),
+                ]
+            )
+    settings = {
+        "checkpoint": str(ckpt_path),
+        "images": len(paths),
+        "decision": decision_text(model),
+        "threshold": model.threshold,
+        "temperature": model.temperature,
+        "explanations": str(explanations_dir) if explain else None,
+        "explain_method": explain_method if explain else None,
+    }
+    output.with_suffix(".json").write_text(json.dumps(settings, indent=2))
     return output
 
 
@@ -73,8 +134,18 @@ def main(cfg: DictConfig) -> None:
     output = cfg.output or Path(cfg.paths.output_dir) / "predictions.csv"
 
     def job():
-        written = predict(cfg.ckpt_path, cfg.input, output, cfg.batch_size, cfg.num_workers)
-        console.print(f"predictions: {written}")
+        written = predict(
+            cfg.ckpt_path,
+            cfg.input,
+            output,
+            cfg.batch_size,
+            cfg.num_workers,
+            explain=bool(cfg.get("explain", False)),
+            explain_method=cfg.get("explain_method", "gradcam"),
+        )
+        console.print(
+            f"predictions: {written} (predicted class: {json.loads(written.with_suffix('.json').read_text())['decision']})"
+        )
 
     run_job(job, cfg.paths.output_dir)
 

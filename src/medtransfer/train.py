@@ -1,5 +1,7 @@
-"""`medtransfer-train`: seed → data → model → callbacks, loggers, trainer → fit → test the best
-checkpoint → metrics.json and TensorBoard HPARAMS → return the optimized metric (what a sweeper maximizes)."""
+"""`medtransfer-train`: seed → data → model → callbacks, loggers, trainer → fit → fit the temperature and
+threshold on the validation split and explain validation images (both at the end of fit, on the best
+checkpoint) → test the best checkpoint → test report, metrics.json and TensorBoard HPARAMS → return the
+optimized metric (what a sweeper maximizes)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from medtransfer.callbacks.confusion_matrix import ConfusionMatrix
+from medtransfer.callbacks.explanation_grid import ExplanationGrid
+from medtransfer.callbacks.fit_on_validation import FitOnValidation
 from medtransfer.callbacks.run_files import RunFiles
 from medtransfer.callbacks.sample_images import SampleImages
 from medtransfer.callbacks.save_on_interrupt import SaveOnInterrupt
@@ -29,6 +33,7 @@ from medtransfer.distributed import (
     process_group_per_job,
 )
 from medtransfer.errors import ConfigError
+from medtransfer.evaluation_report import evaluation_report, log_scalars, write_decision_settings
 from medtransfer.finetune.summary import layer_group_rows
 from medtransfer.job import run_job
 from medtransfer.loggers import HParamsTensorBoardLogger
@@ -86,6 +91,18 @@ def build_trainer(cfg: DictConfig, model: Classifier, output_dir: Path) -> L.Tra
         RunFiles(str(output_dir)),
         SampleImages(),
         ConfusionMatrix(str(output_dir)),
+        # at the end of fit, in this order: temperature and threshold into best.ckpt, then its explanations
+        FitOnValidation(
+            calibrate=bool(cfg.get("calibrate", False)),
+            threshold_rule=(cfg.get("threshold") or {}).get("rule"),
+            target_sensitivity=(cfg.get("threshold") or {}).get("target_sensitivity"),
+        ),
+        ExplanationGrid(
+            str(output_dir),
+            method=(cfg.get("explain") or {}).get("method", "gradcam"),
+            images=(cfg.get("explain") or {}).get("images", 0),
+            seed=cfg.get("seed", 0),
+        ),
     ]
     loggers = [
         instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None and "_target_" in lg
@@ -118,6 +135,19 @@ def hparams_for_tensorboard(cfg: DictConfig) -> dict:
     return hp
 
 
+def fitted_on_validation(model: Classifier) -> dict[str, float]:
+    """The temperature and threshold fitted after training, as metrics.json keys (numbers only; the rule
+    is in operating_point.json)."""
+    metrics = {}
+    if model.calibration:
+        metrics["val/temperature"] = model.calibration["temperature"]
+        metrics["val/ece_before"] = model.calibration["val_ece_before"]
+        metrics["val/ece_after"] = model.calibration["val_ece_after"]
+    if model.threshold is not None:
+        metrics["threshold"] = model.threshold
+    return metrics
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test; returns the flat metrics written to metrics.json."""
     output_dir = Path(cfg.paths.output_dir)
@@ -140,9 +170,27 @@ def train(cfg: DictConfig) -> dict[str, float]:
     metrics: dict[str, float] = {}
     best = model.best_metric.compute().item() if model.best_metric.update_count else float("nan")
     metrics[f"{cfg.optimized_metric}_best"] = best
+    fitted = fitted_on_validation(model)
+    metrics.update(fitted)
+    if trainer.is_global_zero:
+        write_decision_settings(model, output_dir)
+        log_scalars(trainer.loggers, fitted, trainer.global_step)
     if cfg.get("test", True):
         results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
         metrics.update({k: float(v) for k, v in results[0].items()})
+        if trainer.is_global_zero:
+            bootstrap = cfg.get("bootstrap") or {}
+            report = evaluation_report(
+                model,
+                "test",
+                output_dir,
+                trainer.loggers,
+                step=trainer.global_step,
+                bootstrap_samples=int(bootstrap.get("samples", 0)),
+                bootstrap_seed=int(bootstrap.get("seed", 0)),
+            )
+            log_scalars(trainer.loggers, report, trainer.global_step)
+            metrics.update(report)
     metrics["epochs"] = trainer.current_epoch
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))

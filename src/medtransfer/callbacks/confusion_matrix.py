@@ -1,4 +1,5 @@
-"""The test split's confusion matrix: a figure in TensorBoard and confusion_matrix.png in the run dir."""
+"""The test split's confusion matrix: a figure in TensorBoard and confusion_matrix.png in the run dir.
+Predicted classes as the model decides them (its threshold for binary tasks, when it has one)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,10 @@ class ConfusionMatrix(L.Callback):
         if self.split not in pl_module.predictions:
             return
         probs, targets = pl_module.predictions[self.split]
-        matrix = confusion_matrix(probs.numpy(), targets.numpy(), len(pl_module.class_names))
+        predicted = pl_module.decide(probs) if hasattr(pl_module, "decide") else probs.argmax(1)
+        matrix = confusion_matrix(
+            probs.numpy(), targets.numpy(), len(pl_module.class_names), predictions=predicted.numpy()
+        )
         fig = confusion_matrix_figure(matrix, pl_module.class_names, title=f"{self.split} confusion matrix")
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,11 @@ class Classifier(L.LightningModule):
         self.best_metric = MaxMetric() if monitor_mode == "max" else MinMetric()
         self._outputs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
         self.predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.logits: dict[str, torch.Tensor] = {}  # the same images' logits, before the temperature
+        # fitted on the validation split after training (callbacks/fit_on_validation.py), kept in the
+        # checkpoint: {"temperature", "val_ece_before", "val_ece_after"} and {"rule", "threshold", ...}
+        self.calibration: dict | None = None
+        self.operating_point: dict | None = None
 
     # ---------------------------------------------------------------- model
     def _loss_weights(self, class_weights, class_counts) -> torch.Tensor | None:
@@ -111,6 +116,49 @@ class Classifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    # ------------------------------------------- calibration and decision
+    @property
+    def temperature(self) -> float:
+        """The logits are divided by it before the softmax (1: not calibrated)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @property
+    def threshold(self) -> float | None:
+        """Binary tasks: class 1 is predicted when its probability ≥ this; None: the most probable class."""
+        if self.hparams.num_classes != 2 or not self.operating_point:
+            return None
+        return self.operating_point.get("threshold")
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities as the model is deployed: softmax(logits / temperature)."""
+        return (self(x).float() / self.temperature).softmax(dim=1)
+
+    def decide(self, probs: torch.Tensor) -> torch.Tensor:
+        """The predicted class of each row of `probs`: class 1 at probability ≥ threshold (binary tasks with
+        a chosen threshold), otherwise the most probable class."""
+        threshold = self.threshold
+        if threshold is None:
+            return probs.argmax(dim=1)
+        return (probs[:, 1] >= threshold).long()
+
+    @torch.no_grad()  # not inference_mode: the results may be used with autograd (temperature fitting)
+    def collect_logits(
+        self, loader, device: torch.device | str | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw logits (before the temperature) and targets of every batch of `loader`, in eval mode (the
+        mode is restored after), with no logging and no metric state touched."""
+        device = torch.device(device) if device is not None else self.device
+        was_training = self.training
+        self.eval()
+        logits, targets = [], []
+        try:
+            for x, y in loader:
+                logits.append(self(x.to(device)).float().cpu())
+                targets.append(y.cpu())
+        finally:
+            self.train(was_training)
+        return torch.cat(logits), torch.cat(targets)
 
     # ------------------------------------------------------------- freezing
     @property
@@ -203,11 +251,14 @@ class Classifier(L.LightningModule):
 
     def _eval_step(self, batch, split: str):
         x, y = batch
-        logits = self(x)
-        probs = logits.float().softmax(dim=1)
-        self.log(f"{split}/loss", self.loss(logits, y), on_epoch=True, sync_dist=True, batch_size=len(y))
+        logits = self(x).float()
+        scaled = logits / self.temperature  # 1 until calibration; val/test loss is that of the deployed model
+        probs = scaled.softmax(dim=1)
+        self.log(f"{split}/loss", self.loss(scaled, y), on_epoch=True, sync_dist=True, batch_size=len(y))
         getattr(self, f"{split}_metrics").update(probs, y)
-        self._outputs[split].append(torch.stack([probs.detach(), F.one_hot(y, probs.shape[1]).float()]))
+        self._outputs[split].append(
+            torch.stack([probs.detach(), F.one_hot(y, probs.shape[1]).float(), logits.detach()])
+        )
 
     def validation_step(self, batch, batch_idx):
         self._eval_step(batch, "val")
@@ -223,6 +274,7 @@ class Classifier(L.LightningModule):
             if self.trainer.world_size > 1:
                 stacked = self.all_gather(stacked).transpose(0, 1).flatten(1, 2)
             self.predictions[split] = (stacked[0].cpu(), stacked[1].argmax(1).cpu())
+            self.logits[split] = stacked[2].cpu()
         self._outputs[split] = []
 
     def on_validation_epoch_end(self) -> None:
@@ -245,8 +297,20 @@ class Classifier(L.LightningModule):
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, list | tuple) else batch
-        return self(x).float().softmax(dim=1)
+        return self.probabilities(x)
 
     # ---------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["medtransfer"] = {"class_names": self.class_names, "preprocessing": self.preprocessing}
+        checkpoint["medtransfer"] = {
+            "class_names": self.class_names,
+            "preprocessing": self.preprocessing,
+            "calibration": self.calibration,
+            "operating_point": self.operating_point,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Temperature and threshold travel in the checkpoint (absent in checkpoints of earlier versions,
+        and in those saved during training: nothing is fitted before training ends)."""
+        saved = checkpoint.get("medtransfer") or {}
+        self.calibration = saved.get("calibration")
+        self.operating_point = saved.get("operating_point")

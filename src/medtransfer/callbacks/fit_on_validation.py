@@ -1,0 +1,105 @@
+"""After training: the best checkpoint's predictions on the validation split fit the temperature
+(calibrate=true) and, for binary tasks, the decision threshold (threshold.rule). Both are set on the model
+and stored in best.ckpt before it is tested, so the test metrics, medtransfer-eval and medtransfer-predict
+all use them.
+
+The validation pass is a plain loop over the val loader (no Trainer.validate: that would log val metrics
+again and move `<monitor>_best`). Order: the temperature first, then the threshold on the calibrated
+probabilities, which are what the deployed model thresholds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+
+from medtransfer.calibration import (
+    TEMPERATURE_BOUNDS,
+    expected_calibration_error,
+    fit_temperature,
+    scaled_probabilities,
+)
+from medtransfer.checkpoint import add_to_checkpoint, load_classifier
+from medtransfer.console import console
+from medtransfer.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
+
+
+def fit_on_validation(
+    logits, targets, calibrate: bool, rule: str | None, target_sensitivity: float | None
+) -> tuple[dict | None, dict | None]:
+    """(calibration, operating_point) fitted on validation logits (before any temperature) and targets."""
+    calibration = None
+    temperature = 1.0
+    if calibrate:
+        temperature = fit_temperature(logits, targets)
+        if bool((logits.argmax(1) == targets).all()):
+            console.print(
+                "[yellow]calibrate: the best checkpoint makes no mistake on the validation split, so "
+                f"temperature scaling can only sharpen it (T = {temperature:.3g}); a larger validation split "
+                "gives a temperature to trust.[/yellow]"
+            )
+        elif not TEMPERATURE_BOUNDS[0] < temperature < TEMPERATURE_BOUNDS[1]:
+            console.print(
+                f"[yellow]calibrate: the temperature stopped at its bound ({temperature:.3g}).[/yellow]"
+            )
+        calibration = {
+            "temperature": temperature,
+            "val_ece_before": expected_calibration_error(scaled_probabilities(logits), targets),
+            "val_ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), targets),
+        }
+    operating_point = None
+    if rule and logits.shape[1] == 2:
+        scores = scaled_probabilities(logits, temperature)[:, 1]
+        threshold = choose_threshold(scores, targets, rule, target_sensitivity)
+        if threshold is None:
+            console.print("[yellow]threshold: the validation split holds one class; none chosen[/yellow]")
+        else:
+            sensitivity, specificity = rates_at_threshold(scores, targets, threshold)
+            operating_point = {
+                "rule": rule,
+                "target_sensitivity": float(target_sensitivity) if rule == "sensitivity" else None,
+                "threshold": threshold,
+                "val_sensitivity": sensitivity,
+                "val_specificity": specificity,
+            }
+    return calibration, operating_point
+
+
+class FitOnValidation(L.Callback):
+    """calibrate: fit a temperature. threshold_rule: youden | sensitivity | None (binary tasks only).
+    target_sensitivity: for threshold_rule=sensitivity."""
+
+    def __init__(
+        self, calibrate: bool = False, threshold_rule: str | None = "youden", target_sensitivity: float = 0.95
+    ):
+        check_threshold_rule(threshold_rule, target_sensitivity)  # before training, not after it
+        self.calibrate = calibrate
+        self.threshold_rule = threshold_rule
+        self.target_sensitivity = target_sensitivity
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        binary = pl_module.hparams.num_classes == 2
+        if trainer.datamodule is None or not (self.calibrate or (self.threshold_rule and binary)):
+            return
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
+        fitted = None
+        if trainer.is_global_zero:  # every rank would compute the same; one does, the others receive it
+            model = load_classifier(best) if best else pl_module
+            device = trainer.strategy.root_device
+            model.to(device)
+            logits, targets = model.collect_logits(trainer.datamodule.dataloader("val"), device)
+            if model is pl_module:
+                model.cpu()
+            fitted = fit_on_validation(
+                logits, targets, self.calibrate, self.threshold_rule, self.target_sensitivity
+            )
+            if best:
+                calibration, operating_point = fitted
+                add_to_checkpoint(Path(best), calibration=calibration, operating_point=operating_point)
+            temperature = fitted[0]["temperature"] if fitted[0] else 1.0
+            pl_module.predictions["val"] = (scaled_probabilities(logits, temperature), targets)
+            pl_module.logits["val"] = logits
+        calibration, operating_point = trainer.strategy.broadcast(fitted, src=0)
+        pl_module.calibration, pl_module.operating_point = calibration, operating_point
+        trainer.strategy.barrier("fit_on_validation")  # best.ckpt is rewritten before any rank reads it

@@ -1,0 +1,55 @@
+"""The per-class report: precision, recall, F1 and support of every class, with the confusion matrix in
+the same rows (true class) and columns `predicted <class>`, as CSV and Markdown."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+
+def per_class_rows(predictions, targets, class_names: Sequence[str]) -> list[dict]:
+    """One row per true class: precision, recall, F1 (0 where undefined), support, and how many of its
+    images went to each predicted class."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    n = len(class_names)
+    matrix = np.bincount(targets * n + predictions, minlength=n * n).reshape(n, n)
+    rows = []
+    for k, name in enumerate(class_names):
+        tp, predicted, support = matrix[k, k], matrix[:, k].sum(), matrix[k].sum()
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        row = {
+            "class": name,
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(support),
+        }
+        row.update({f"predicted {c}": int(matrix[k, j]) for j, c in enumerate(class_names)})
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+
+
+def to_markdown(rows: list[dict], title: str, notes: Sequence[str] = ()) -> str:
+    columns = list(rows[0])
+    lines = [f"# {title}", "", *[f"{note}  " for note in notes]]
+    if notes:
+        lines.append("")
+    lines.append("| " + " | ".join(columns) + " |")
+    lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
+    for row in rows:
+        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
