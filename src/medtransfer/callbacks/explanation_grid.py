@@ -35,7 +35,7 @@ class ExplanationGrid(L.Callback):
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.images <= 0 or trainer.datamodule is None:
+        if self.images <= 0 or trainer.datamodule is None or trainer.fast_dev_run:
             return
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None

@@ -81,6 +81,8 @@ class FitOnValidation(L.Callback):
         binary = pl_module.hparams.num_classes == 2
         if trainer.datamodule is None or not (self.calibrate or (self.threshold_rule and binary)):
             return
+        if trainer.fast_dev_run:  # a smoke test of one batch: no pass over the whole validation split
+            return
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         fitted = None
