@@ -143,7 +143,7 @@ def test_fake_patient_name_from_dicom_headers_is_in_no_written_file(tmp_path, mo
         "predict/predictions.json",
         "predict/predict.log",
         "eval/metrics.json",
-        "eval/eval.log",
+        "eval/evaluate.log",
     ):
         assert expected in names, expected
     assert any(n.startswith("train/tensorboard/events.out.tfevents") for n in names)
