@@ -47,22 +47,35 @@ def confusion_matrix(probs, targets, num_classes: int, predictions=None) -> np.n
     )
 
 
+def _finish_curve(fig, ax, threshold_point, xlabel: str, ylabel: str, title: str, legend: str):
+    """The operating point (x, y, threshold), labels and unit axes shared by the ROC and PR figures."""
+    if threshold_point is not None:
+        x, y, t = threshold_point
+        ax.plot([x], [y], "o", color="crimson", label=f"threshold {t:.3g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_title(title)
+    ax.legend(loc=legend)
+    fig.tight_layout()
+    return fig
+
+
 def roc_figure(fpr, tpr, auroc: float, threshold_point=None, title: str = "ROC curve"):
     """The ROC curve; `threshold_point`: (fpr, tpr, threshold) of the chosen operating point."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(fpr, tpr, lw=2, label=f"AUROC {auroc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
-    if threshold_point is not None:
-        x, y, t = threshold_point
-        ax.plot([x], [y], "o", color="crimson", label=f"threshold {t:.3g}")
-    ax.set_xlabel("1 − specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    return fig
+    return _finish_curve(
+        fig,
+        ax,
+        threshold_point,
+        "1 − specificity (false positive rate)",
+        "sensitivity (true positive rate)",
+        title,
+        "lower right",
+    )
 
 
 def pr_figure(
@@ -73,17 +86,7 @@ def pr_figure(
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.plot(recall, precision, lw=2)
     ax.axhline(prevalence, ls="--", color="gray", lw=1, label=f"prevalence {prevalence:.2f}")
-    if threshold_point is not None:
-        x, y, t = threshold_point
-        ax.plot([x], [y], "o", color="crimson", label=f"threshold {t:.3g}")
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_title(title)
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    return fig
+    return _finish_curve(fig, ax, threshold_point, "recall (sensitivity)", "precision", title, "lower left")
 
 
 def reliability_figure(curves: dict[str, dict], title: str = "Reliability diagram"):

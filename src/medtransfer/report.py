@@ -143,12 +143,15 @@ def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best"
     return path
 
 
-def report(multirun_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
-    """Writes report.csv, report.md and report.png (into the multirun dir unless out_dir) and prints the table."""
+def report(
+    multirun_dir: str | Path, out_dir: str | Path | None = None, rows: list[dict] | None = None
+) -> dict[str, Path]:
+    """Writes report.csv, report.md and report.png (into the multirun dir unless out_dir) and prints the
+    table. `rows`: the jobs as `collect` gives them, when the caller has read them already."""
     multirun_dir = Path(multirun_dir)
     out = Path(out_dir) if out_dir else multirun_dir
     out.mkdir(parents=True, exist_ok=True)
-    rows = collect(multirun_dir)
+    rows = collect(multirun_dir) if rows is None else rows
     if not rows:
         raise SystemExit(f"{multirun_dir}: no jobs found (no */.hydra/overrides.yaml below it).")
     keys = swept_keys(rows)

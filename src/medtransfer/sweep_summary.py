@@ -17,10 +17,11 @@ class SweepSummary(Callback):
         from medtransfer.report import collect, report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if not sweep_dir.is_dir() or not collect(sweep_dir):
+        rows = collect(sweep_dir) if sweep_dir.is_dir() else []
+        if not rows:
             return  # a remote launcher (SLURM) returns before its jobs write anything here
-        report(sweep_dir)
-        failed = [r for r in collect(sweep_dir) if r["status"] == "failed"]
+        report(sweep_dir, rows=rows)
+        failed = [r for r in rows if r["status"] == "failed"]
         if failed:
             console.print(
                 f"[red]{len(failed)} job(s) failed; see status.json and traceback.txt in their run dirs.[/red]"
