@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from PIL import Image
 
-from medtransfer.paths import CONFIG_DIR
+from medtransfer.config import compose_config
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 
@@ -144,19 +142,6 @@ TINY = [
     "data.num_workers=0",
     "print_config=false",
 ]
-
-
-def compose_config(config_name: str, output_dir: Path, overrides: list[str]) -> DictConfig:
-    """The real config with `overrides`, its run dir set to `output_dir` (no Hydra runtime needed)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        cfg.paths.log_dir = str(output_dir.parent)
-        cfg.paths.data_dir = str(output_dir.parent / "data")  # caches stay in the test's tmp dir
-        del cfg.hydra
-    return cfg
 
 
 @pytest.fixture

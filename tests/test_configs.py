@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from conftest import compose_config
+from medtransfer.config import compose_config
 from medtransfer.finetune.strategies import FreezingStrategy
 from medtransfer.paths import CONFIG_DIR
 

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from conftest import compose_config
 from medtransfer.checkpoint import load_classifier
+from medtransfer.config import compose_config
 from medtransfer.evaluate import evaluate
 from medtransfer.job import run_job
 from medtransfer.predict import predict

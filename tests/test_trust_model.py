@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY, compose_config
+from conftest import TINY
 from medtransfer.callbacks.fit_on_validation import fit_on_validation
 from medtransfer.checkpoint import add_to_checkpoint, load_classifier
+from medtransfer.config import compose_config
 from medtransfer.data.transforms import eval_transform
 from medtransfer.evaluate import datamodule_for, evaluate
 from medtransfer.explain import heatmaps

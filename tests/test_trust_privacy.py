@@ -15,7 +15,8 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-from conftest import TINY, compose_config, square_image, write_dicom
+from conftest import TINY, square_image, write_dicom
+from medtransfer.config import compose_config
 from medtransfer.paths import CONFIG_DIR
 
 FAKE_PATIENT = {

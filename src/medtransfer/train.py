@@ -27,6 +27,7 @@ from medtransfer.callbacks.sample_images import SampleImages
 from medtransfer.callbacks.save_on_interrupt import SaveOnInterrupt
 from medtransfer.console import print_config, print_data_summary, print_error, print_metrics, print_table
 from medtransfer.data.datamodule import MedicalImageDataModule
+from medtransfer.data.feature_datamodule import head_training_data
 from medtransfer.distributed import (
     install_job_subprocess_command,
     per_process_batch_size,
@@ -163,7 +164,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     trainer = build_trainer(cfg, model, output_dir)
     datamodule.batch_size = per_process_batch_size(datamodule.batch_size, trainer.world_size)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=checkpoint_to_resume(cfg, output_dir))
+    feature_cache = cfg.get("feature_cache") or {}
+    fit_data = head_training_data(
+        datamodule, model, trainer, feature_cache.get("enabled", "auto"), feature_cache.get("dir")
+    )
+    trainer.fit(model, datamodule=fit_data, ckpt_path=checkpoint_to_resume(cfg, output_dir))
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
@@ -176,7 +181,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         write_decision_settings(model, output_dir)
         log_scalars(trainer.loggers, fitted, trainer.global_step)
     if cfg.get("test", True):
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best_path or None, weights_only=True)
+        results = trainer.test(model, datamodule=fit_data, ckpt_path=best_path or None, weights_only=True)
         metrics.update({k: float(v) for k, v in results[0].items()})
         if trainer.is_global_zero:
             bootstrap = cfg.get("bootstrap") or {}

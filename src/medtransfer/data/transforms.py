@@ -20,6 +20,14 @@ def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2
     )
 
 
+AUGMENTATIONS = ("scale", "hflip", "rotation", "translate", "brightness", "contrast")
+
+
+def augments(augment: Mapping | None) -> bool:
+    """Whether `augment` turns on any random augmentation (otherwise the train transform is the eval one)."""
+    return any((augment or {}).get(key) for key in AUGMENTATIONS)
+
+
 def train_transform(
     size: int, mean: Sequence[float], std: Sequence[float], augment: Mapping | None = None
 ) -> v2.Compose:

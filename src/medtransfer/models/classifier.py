@@ -115,7 +115,9 @@ class Classifier(L.LightningModule):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        """Logits of images (N, C, H, W), or of backbone features (N, F) computed before (the cached
+        features a linear probe trains on: data/feature_datamodule.py)."""
+        return self.head(x if x.ndim == 2 else self.features(x))
 
     # ------------------------------------------- calibration and decision
     @property
