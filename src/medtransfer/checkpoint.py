@@ -13,13 +13,17 @@ from medtransfer.models.classifier import Classifier
 
 
 def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
-    """The trained classifier (eval mode). Pretrained weights are not fetched again: the checkpoint has them."""
+    """The trained classifier (eval mode). Pretrained weights are not fetched again: the checkpoint has them.
+    The backbone is not compiled (model.compile is for training): evaluation, prediction and Grad-CAM run
+    eagerly, with no warm-up and no compiler needed on the machine."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"ckpt_path={path}: no such file. Give a checkpoint such as <run dir>/checkpoints/best.ckpt."
         )
-    model = Classifier.load_from_checkpoint(path, map_location=map_location, weights_only=True, weights=None)
+    model = Classifier.load_from_checkpoint(
+        path, map_location=map_location, weights_only=True, weights=None, compile=False
+    )
     return model.eval()
 
 
