@@ -22,7 +22,9 @@ STRATEGIES = {
 
 def make(strategy: str, channels: int) -> tuple[Classifier, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = Classifier(backbone="resnet18", weights=None, num_classes=2, in_channels=channels, finetune=STRATEGIES[strategy]).train()
+    model = Classifier(
+        backbone="resnet18", weights=None, num_classes=2, in_channels=channels, finetune=STRATEGIES[strategy]
+    ).train()
     optimizer = torch.optim.AdamW(model.param_groups(lr=1e-3, weight_decay=0.05))
     return model, optimizer
 
@@ -54,7 +56,9 @@ def main() -> None:
             for _ in range(args.steps):
                 step(model, optimizer, x, y)
             times[name].append((time.perf_counter() - start) / args.steps)
-    print(f"ResNet-18, {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.rounds} rounds")
+    print(
+        f"ResNet-18, {args.size} px, batch {args.batch}, {torch.get_num_threads()} threads, median of {args.rounds} rounds"
+    )
     for name, values in times.items():
         med = statistics.median(values)
         print(f"  {name:13s} {med * 1000:8.1f} ms/step  {args.batch / med:8.1f} img/s")

@@ -7,11 +7,14 @@ import json
 import math
 from pathlib import Path
 
+import lightning as L
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from medtransfer.train import train
+from medtransfer.errors import NonFiniteLossError
+from medtransfer.train import build_data, build_model, build_trainer, train
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
@@ -108,3 +111,26 @@ def test_split_is_seeded_and_stratified(folder_tree, tmp_path):
 
     assert assignment(1) == assignment(1)
     assert assignment(1) != assignment(2)
+
+
+class PoisonHead(L.Callback):
+    """Makes the head's weights NaN at the start of epoch 1, so every later loss is NaN."""
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == 1:
+            with torch.no_grad():
+                pl_module.head[-1].weight.fill_(float("nan"))
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(train_config):
+    # checked every 50 steps and at the end of each epoch (6 steps here), not with a sync on every step
+    cfg = train_config("trainer.log_every_n_steps=50", "trainer.max_epochs=3")
+    datamodule = build_data(cfg)
+    model = build_model(cfg, datamodule)
+    trainer = build_trainer(cfg, model, Path(cfg.paths.output_dir))
+    trainer.callbacks.insert(0, PoisonHead())
+    with pytest.raises(NonFiniteLossError, match=r"at step 6 \(checked at epoch 1, step 12\)"):
+        trainer.fit(model, datamodule=datamodule)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values())

@@ -18,6 +18,9 @@ class SaveOnInterrupt(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException) and trainer.state.fn == "fit":
+            if getattr(pl_module, "loss_diverged", False):  # NaN weights must not replace good ones
+                rank_zero_info(f"Interrupted after the loss became NaN/Inf: {self.path} is left as it was.")
+                return
             trainer.save_checkpoint(self.path)  # every rank takes part; rank zero writes
             rank_zero_info(
                 f"Interrupted: saved {self.path}; continue with medtransfer-train resume={self.path.parent.parent}"

@@ -11,7 +11,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning_utilities.core.apply_func import apply_to_collection
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
@@ -83,6 +82,9 @@ class Classifier(L.LightningModule):
         self.register_buffer(
             "loss_weights", self._loss_weights(class_weights, class_counts), persistent=False
         )
+        # the first step whose training loss was NaN/Inf (-1: none), a tensor on the loss's device (not a
+        # buffer: DDP would broadcast it); see check_finite_loss
+        self.first_nonfinite_step: torch.Tensor | None = None
 
         self.trainable_groups = frozenset(LAYER_GROUPS)
         if self.strategy.static:  # frozen before DDP wraps the model, so DDP never sees those parameters
@@ -126,6 +128,8 @@ class Classifier(L.LightningModule):
         return weights
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:  # a no-op for batches already in that layout
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.backbone_frozen:  # linear probing: no graph, no backward through the backbone
             with torch.no_grad():
                 return self.backbone(x)
@@ -135,17 +139,6 @@ class Classifier(L.LightningModule):
         """Logits of images (N, C, H, W), or of backbone features (N, F) computed before (the cached
         features a linear probe trains on: data/feature_datamodule.py)."""
         return self.head(x if x.ndim == 2 else self.features(x))
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With channels_last, image batches (4-D) are made channels-last on the device; other tensors
-        (labels, 2-D feature batches) pass unchanged."""
-        if not self.hparams.channels_last:
-            return batch
-        return apply_to_collection(
-            batch,
-            torch.Tensor,
-            lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t,
-        )
 
     # ------------------------------------------- calibration and decision
     @property
@@ -270,14 +263,35 @@ class Classifier(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = self.loss(self(x), y)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"The training loss is {loss.item()} at epoch {self.current_epoch}, step {self.global_step}: "
-                "the run stops here and keeps its last good checkpoint (checkpoints/last.ckpt). "
-                "Lower optimizer.lr, set trainer.gradient_clip_val=1.0, or check the data for broken images."
-            )
+        # recorded on the device, not checked here: a check is a host-device sync on every step
+        seen = self.first_nonfinite_step
+        if seen is None:
+            seen = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_nonfinite_step = torch.where(
+            ~torch.isfinite(loss.detach()) & (seen < 0), self.global_step, seen
+        )
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(y))
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        """The loss is checked every trainer.log_every_n_steps (when the logger syncs anyway) and at the
+        end of each epoch, before the epoch's checkpoints are written."""
+        if self.trainer.is_last_batch or (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            self.check_finite_loss()
+
+    @property
+    def loss_diverged(self) -> bool:
+        return self.first_nonfinite_step is not None and bool(self.first_nonfinite_step >= 0)
+
+    def check_finite_loss(self) -> None:
+        if self.loss_diverged:
+            step = int(self.first_nonfinite_step)
+            raise NonFiniteLossError(
+                f"The training loss became NaN or infinite at step {step} (checked at epoch "
+                f"{self.current_epoch}, step {self.global_step}): the run stops here and keeps its last good "
+                "checkpoint (checkpoints/last.ckpt). Lower optimizer.lr, set trainer.gradient_clip_val=1.0, "
+                "or check the data for broken images."
+            )
 
     def _eval_step(self, batch, split: str):
         x, y = batch
