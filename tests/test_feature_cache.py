@@ -48,6 +48,7 @@ def test_cached_features_give_the_same_head_and_metrics_as_images(tmp_path, npz_
     assert images_metrics.keys() == cached_metrics.keys()
     for key, value in images_metrics.items():
         assert cached_metrics[key] == pytest.approx(value, rel=1e-4, abs=1e-5, nan_ok=True), key
+    assert (tmp_path / "cached" / "explanations.png").is_file()  # Grad-CAM still runs on the images
     summary = json.loads((tmp_path / "cached" / "data_summary.json").read_text())
     assert summary["features_cached"] == {"train": False, "val": False}  # computed on the first run
 

@@ -43,7 +43,7 @@ class ExplanationGrid(L.Callback):
         device = trainer.strategy.root_device
         model.to(device)
         try:
-            fig = self.figure(model, trainer.datamodule.dataset("val"), device)
+            fig = self.figure(model, trainer.datamodule, device)
         finally:
             if model is pl_module:
                 model.cpu()
@@ -59,22 +59,23 @@ class ExplanationGrid(L.Callback):
                 )
         plt.close(fig)
 
-    def select(self, model, dataset, device) -> list[tuple[int, int, float]]:
-        """(index, predicted class, its probability) of the chosen images, in class order."""
+    def select(self, model, datamodule, device) -> list[tuple[int, int, float]]:
+        """(index, predicted class, its probability) of the chosen images, in class order. The scan runs
+        on the data module's model inputs (cached features, when it trains on them)."""
         num_classes = model.hparams.num_classes
         per_class = math.ceil(self.images / num_classes)
         wanted_wrong = per_class // 2
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
+        labels = datamodule.dataset("val").labels
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
         order = order[:SCAN_LIMIT].tolist()
         found: dict[tuple[int, bool], list[tuple[int, int, float]]] = {}
         for start in range(0, len(order), 64):
             batch = order[start : start + 64]
-            items = [dataset[i] for i in batch]
-            x = torch.stack([im for im, _ in items]).to(device)
+            x = datamodule.inputs("val", batch).to(device)
             with torch.inference_mode():
                 probs = model.probabilities(x).cpu()
             predicted = model.decide(probs)
-            for i, (_, y), p, pred in zip(batch, items, probs, predicted, strict=True):
+            for i, y, p, pred in zip(batch, labels[batch], probs, predicted, strict=True):
                 key = (int(y), int(pred) == int(y))
                 found.setdefault(key, []).append((i, int(pred), float(p[pred])))
         chosen = []
@@ -85,9 +86,10 @@ class ExplanationGrid(L.Callback):
             chosen += right + wrong
         return chosen
 
-    def figure(self, model, dataset, device):
+    def figure(self, model, datamodule, device):
         """The grid figure, or None when the split gave no image."""
-        chosen = self.select(model, dataset, device)
+        chosen = self.select(model, datamodule, device)
+        dataset = datamodule.dataset("val")
         if not chosen:
             return None
         names = model.class_names

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning as L
@@ -115,6 +115,10 @@ class FeatureDataModule(L.LightningDataModule):
 
     def dataloader(self, split: str) -> DataLoader:
         return self._loader(split, shuffle=False)
+
+    def inputs(self, split: str, indices: Sequence[int]) -> torch.Tensor:
+        """The model inputs of some images of a split: their features."""
+        return self.split_features(split)[list(indices)]
 
     # what callbacks read from the data module: the images'
     def dataset(self, split: str):
