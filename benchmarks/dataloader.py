@@ -2,8 +2,9 @@
 against the model's training img/s at the same size, on a generated folder of 224 px JPEGs.
 
 Loader settings compared side by side: decoded-image cache (data.cache=ram|none), worker processes
-(data.num_workers), and augmentation on uint8 (medtransfer's order) vs on float. Then the default loader
-feeds real training steps, against the same steps fed by tensors already in memory.
+(data.num_workers), and where augmentation converts to float (medtransfer: crop and flip on uint8, the
+rest on float; vs all on uint8, vs all on float). Then the default loader, and loaders reading the files,
+feed real training steps, against the same steps fed by tensors already in memory.
 
     python benchmarks/dataloader.py [--images 600] [--size 224] [--batch 32]
 """
@@ -35,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--steps", type=int, default=4, help="training steps per model measurement")
+    parser.add_argument("--rounds", type=int, default=5)
     return parser.parse_args()
 
 
@@ -71,11 +73,12 @@ def datamodule(
     return build_data(cfg)
 
 
-def float_first(transform: v2.Compose) -> v2.Compose:
-    """The same steps with the conversion to float moved before the augmentation."""
+def convert_at(transform: v2.Compose, where: str) -> v2.Compose:
+    """The same steps with the conversion to float moved to the front ("float": every augmentation on
+    float) or just before Normalize ("uint8": every augmentation on uint8)."""
     to_float = [t for t in transform.transforms if isinstance(t, v2.ToDtype)]
     rest = [t for t in transform.transforms if not isinstance(t, v2.ToDtype)]
-    return v2.Compose(to_float + rest)
+    return v2.Compose(to_float + rest if where == "float" else rest[:-1] + to_float + rest[-1:])
 
 
 def loader_rate(dm: MedicalImageDataModule) -> float:
@@ -120,41 +123,59 @@ def main() -> None:
         root = make_folder(Path(tmp) / "images", args.images, args.size)
         x = torch.randn(args.batch, 1, args.size, args.size)
         y = torch.randint(0, 2, (args.batch,))
-        model = model_rate(args, forever([(x, y)]))
-        auto = default_num_workers(in_memory=True)
-        settings = [("ram", "auto"), ("ram", 1), ("ram", 0), ("none", "auto"), ("none", 1), ("none", 0)]
-        rows = []
-        default = None
-        for cache, workers in settings:
+        settings = {  # (data.cache, data.num_workers, augmentation on)
+            ("ram", "auto", "mixed"): None,  # medtransfer's order: crop and flip on uint8, the rest on float
+            ("ram", "auto", "uint8"): None,
+            ("ram", "auto", "float"): None,
+            ("ram", 1, "mixed"): None,
+            ("none", "auto", "mixed"): None,
+            ("none", 0, "mixed"): None,
+        }
+        setup = {}
+        for cache, workers, dtype in settings:
             start = time.perf_counter()
             dm = datamodule(root, args, cache, workers)
-            setup = time.perf_counter() - start
-            rate = loader_rate(dm)
-            rows.append((cache, workers, "uint8", rate, setup))
-            if (cache, workers) == ("ram", "auto"):
-                default = dm
+            setup[cache] = time.perf_counter() - start  # listing, inspection, and decoding into RAM
+            if dtype != "mixed":
                 dataset = dm.dataset("train")
-                uint8_transform = dataset.transform
-                dataset.transform = float_first(uint8_transform)
-                rows.append((cache, workers, "float", loader_rate(dm), setup))
-                dataset.transform = uint8_transform
-        fed = model_rate(args, forever(default.train_dataloader()))
+                dataset.transform = convert_at(dataset.transform, dtype)
+            settings[cache, workers, dtype] = dm
+        rates: dict[tuple, list[float]] = {key: [] for key in settings}
+        for _ in range(args.rounds):  # alternately, so that every setting sees the same machine
+            for key, dm in settings.items():
+                rates[key].append(loader_rate(dm))
+        # training steps fed by tensors, by the default loader (RAM) and by file loaders, alternately
+        feeds = {
+            "tensors in memory": [(x, y)],
+            "data.cache=ram, num_workers=auto": settings["ram", "auto", "mixed"],
+            "data.cache=none, num_workers=auto": settings["none", "auto", "mixed"],
+            "data.cache=none, num_workers=0": settings["none", 0, "mixed"],
+        }
+        fed: dict[str, list[float]] = {name: [] for name in feeds}
+        for _ in range(2):
+            for name, feed in feeds.items():
+                batches = forever(feed if isinstance(feed, list) else feed.train_dataloader())
+                fed[name].append(model_rate(args, batches))
 
+    model = base = statistics.median(fed["tensors in memory"])
+    auto = {c: default_num_workers(in_memory=c == "ram", on_gpu=False) for c in ("ram", "none")}
     print(
         f"{args.images} JPEGs {args.size} px (grayscale), batch {args.batch}, default augmentation; "
-        f"{torch.get_num_threads()} torch threads; num_workers=auto -> {auto} here (data in RAM)"
+        f"{torch.get_num_threads()} torch threads; median of {args.rounds} rounds; num_workers=auto is "
+        f"{auto['ram']} for images in RAM and {auto['none']} for files here (CPU training)"
     )
     print(f"model ({args.backbone}, full fine-tuning) from tensors in memory: {model:.1f} img/s")
-    print(
-        f"{'data.cache':>10} {'num_workers':>11} {'augment on':>10} {'loader img/s':>12} {'loader/model':>12} {'set-up s':>8}"
-    )
-    for cache, workers, dtype, rate, setup in rows:
-        print(f"{cache:>10} {workers!s:>11} {dtype:>10} {rate:12.1f} {rate / model:12.1f} {setup:8.1f}")
-    ratio = rows[0][3] / model
+    header = ("data.cache", "num_workers", "augment on", "loader img/s", "loader/model", "set-up s")
+    print("  ".join(f"{h:>12}" for h in header))
+    for (cache, workers, dtype), values in rates.items():
+        rate = statistics.median(values)
+        cells = (cache, str(workers), dtype, f"{rate:.1f}", f"{rate / model:.1f}", f"{setup[cache]:.1f}")
+        print("  ".join(f"{c:>12}" for c in cells))
+    ratio = statistics.median(rates["ram", "auto", "mixed"]) / model
     print(f"default loader / model: {ratio:.1f}  (target >= 2)")
-    print(
-        f"training fed by the default loader: {fed:.1f} img/s, {fed / model:.3f} of training fed by tensors"
-    )
+    print("training img/s by what feeds it (steps alternate between the feeds, median of 2 rounds):")
+    for name, values in fed.items():
+        print(f"  {name:36s} {statistics.median(values):6.2f} img/s  {statistics.median(values) / base:.3f}")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchvision
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from medtransfer.config import compose_config
 from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
@@ -52,12 +53,14 @@ def parse_args() -> argparse.Namespace:
 
 
 class InMemory(MedicalImageDataModule):
-    """Random uint8 images held in RAM (as MedMNIST files and the decoded-image cache are), no
-    augmentation: the loader both sides iterate."""
+    """Random images already in memory, on the training device, as normalized float batches: each
+    batch is one index into the tensors (no per-image work, no copy), so the loop measures the training
+    alone. The data module around them gives the callbacks their summary and sample images."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, device: torch.device):
         super().__init__(image_size=args.size, batch_size=args.batch, num_workers=0, augment=None)
-        self.count, self.classes_ = args.batch * args.steps, args.classes
+        self.count, self.classes_, self.device = args.batch * args.steps, args.classes, device
+        self.tensors: TensorDataset | None = None
 
     def load_splits(self) -> SplitData:
         rng = np.random.default_rng(0)
@@ -69,6 +72,17 @@ class InMemory(MedicalImageDataModule):
 
         splits = {"train": split(self.count), "val": split(self.batch_size), "test": split(self.batch_size)}
         return SplitData(classes=[str(c) for c in range(self.classes_)], splits=splits, channels=3)
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.tensors is None:
+            dataset = self.dataset("train")
+            x = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(self.device)
+            self.tensors = TensorDataset(x, dataset.labels.to(self.device))
+
+    def train_dataloader(self) -> DataLoader:
+        batches = BatchSampler(RandomSampler(range(self.count)), self.batch_size, drop_last=True)
+        return DataLoader(self.tensors, batch_size=None, sampler=batches)
 
 
 def synchronize(device: torch.device) -> None:
@@ -170,7 +184,7 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     device = torch.device("cuda" if args.accelerator == "gpu" else "cpu")
     torch.backends.cudnn.benchmark = args.accelerator == "gpu"  # as trainer=gpu sets it for medtransfer
-    data = InMemory(args)
+    data = InMemory(args, device)
     data.setup()
     with tempfile.TemporaryDirectory() as tmp:
         sides = {"bare": Bare(args, device), "medtransfer": Medtransfer(args, Path(tmp) / "run")}

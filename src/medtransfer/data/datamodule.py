@@ -52,10 +52,12 @@ class SplitData:
     skipped: list[Problem] = field(default_factory=list)  # problems left out under data.on_bad=skip
 
 
-def default_num_workers(in_memory: bool) -> int:
-    """Worker processes for the train loader: none for data already in memory (collation is cheap and
-    workers would compete with the model for the cores), otherwise one less than the cores, up to 8."""
-    if in_memory:
+def default_num_workers(in_memory: bool, on_gpu: bool) -> int:
+    """Worker processes for a loader (data.num_workers=auto). On a GPU the cores are free to decode and
+    augment: one less than the cores, up to 8. Training on the CPU, the model already uses every core:
+    none for images in memory (a worker only adds copies between processes), and one less than the cores
+    for files (decoding overlaps training). benchmarks/dataloader.py measures the choices."""
+    if in_memory and not on_gpu:
         return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
@@ -195,12 +197,11 @@ class MedicalImageDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
         in_memory = self.data.splits[split].images is not None
-        workers = default_num_workers(in_memory) if self.num_workers == "auto" else int(self.num_workers)
-        pin = self.pin_memory
-        if pin == "auto":
-            pin = (
-                self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
-            )
+        on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        workers = (
+            default_num_workers(in_memory, on_gpu) if self.num_workers == "auto" else int(self.num_workers)
+        )
+        pin = on_gpu if self.pin_memory == "auto" else self.pin_memory
         sampler = self.balanced_sampler() if shuffle and self.sampler == "weighted" else None
         return DataLoader(
             dataset,

@@ -57,6 +57,7 @@ class FeatureDataModule(L.LightningDataModule):
         self.from_cache: dict[str, bool] = {}
 
     def setup(self, stage: str | None = None) -> None:
+        self.images.trainer = self.trainer  # its loaders choose workers and pinning by the accelerator
         self.images.setup(stage)
         for split in STAGE_SPLITS.get(stage, SPLITS):
             self.split_features(split)
