@@ -25,8 +25,18 @@ from torchvision.transforms import v2
 
 from medtransfer.config import compose_config
 from medtransfer.data.datamodule import MedicalImageDataModule, default_num_workers
+from medtransfer.data.transforms import train_transform
 from medtransfer.models.classifier import Classifier
 from medtransfer.train import build_data
+
+THREADS = torch.get_num_threads()
+AUGMENT = {
+    "scale": [0.8, 1.0],
+    "hflip": 0.5,
+    "rotation": 10,
+    "brightness": 0.1,
+    "contrast": 0.1,
+}  # data=folder's
 
 
 def parse_args() -> argparse.Namespace:
@@ -81,6 +91,31 @@ def convert_at(transform: v2.Compose, where: str) -> v2.Compose:
     return v2.Compose(to_float + rest if where == "float" else rest[:-1] + to_float + rest[-1:])
 
 
+def augmentation_times(size: int) -> list[tuple[int, int, int, dict[str, float]]]:
+    """ms per image of the default train augmentation, by where it converts to float, on decoded images
+    of two sizes (as the RAM cache keeps them), gray and RGB, with 1 thread (a loader worker) and 2."""
+    transform = train_transform(size, [0.5], [0.25], AUGMENT)
+    variants = {name: convert_at(transform, name) for name in ("uint8", "float")} | {"mixed": transform}
+    rows = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for side in (256, 1024):
+            for channels in (1, 3):
+                image = torch.randint(0, 256, (channels, side, side), dtype=torch.uint8)
+                times = {}
+                for name in ("mixed", "uint8", "float"):
+                    rounds = []
+                    for _ in range(5):
+                        start = time.perf_counter()
+                        for _ in range(20):
+                            variants[name](image)
+                        rounds.append((time.perf_counter() - start) / 20 * 1000)
+                    times[name] = statistics.median(rounds)
+                rows.append((threads, side, channels, times))
+    torch.set_num_threads(THREADS)
+    return rows
+
+
 def loader_rate(dm: MedicalImageDataModule) -> float:
     """img/s of the train loader over one epoch, after a first epoch that starts the workers."""
     loader = dm.train_dataloader()
@@ -119,6 +154,8 @@ def forever(loader):
 
 def main() -> None:
     args = parse_args()
+    torch.manual_seed(0)
+    augmentation = augmentation_times(args.size)
     with tempfile.TemporaryDirectory() as tmp:
         root = make_folder(Path(tmp) / "images", args.images, args.size)
         x = torch.randn(args.batch, 1, args.size, args.size)
@@ -129,7 +166,7 @@ def main() -> None:
             ("ram", "auto", "float"): None,
             ("ram", 1, "mixed"): None,
             ("none", "auto", "mixed"): None,
-            ("none", 0, "mixed"): None,
+            ("none", 1, "mixed"): None,
         }
         setup = {}
         for cache, workers, dtype in settings:
@@ -148,8 +185,9 @@ def main() -> None:
         feeds = {
             "tensors in memory": [(x, y)],
             "data.cache=ram, num_workers=auto": settings["ram", "auto", "mixed"],
+            "data.cache=ram, num_workers=1": settings["ram", 1, "mixed"],
             "data.cache=none, num_workers=auto": settings["none", "auto", "mixed"],
-            "data.cache=none, num_workers=0": settings["none", 0, "mixed"],
+            "data.cache=none, num_workers=1": settings["none", 1, "mixed"],
         }
         fed: dict[str, list[float]] = {name: [] for name in feeds}
         for _ in range(2):
@@ -157,12 +195,19 @@ def main() -> None:
                 batches = forever(feed if isinstance(feed, list) else feed.train_dataloader())
                 fed[name].append(model_rate(args, batches))
 
+    print(f"ms per image of the default augmentation to {args.size} px, by where it converts to float:")
+    print("  threads  decoded size  channels     mixed (default)   all on uint8   all on float")
+    for threads, side, channels, times in augmentation:
+        print(
+            f"  {threads:7d}  {side:12d}  {channels:8d}  {times['mixed']:16.2f}  {times['uint8']:13.2f}"
+            f"  {times['float']:13.2f}"
+        )
     model = base = statistics.median(fed["tensors in memory"])
-    auto = {c: default_num_workers(in_memory=c == "ram", on_gpu=False) for c in ("ram", "none")}
+    auto = default_num_workers(on_gpu=False)
     print(
         f"{args.images} JPEGs {args.size} px (grayscale), batch {args.batch}, default augmentation; "
         f"{torch.get_num_threads()} torch threads; median of {args.rounds} rounds; num_workers=auto is "
-        f"{auto['ram']} for images in RAM and {auto['none']} for files here (CPU training)"
+        f"{auto} here (the CPU trains)"
     )
     print(f"model ({args.backbone}, full fine-tuning) from tensors in memory: {model:.1f} img/s")
     header = ("data.cache", "num_workers", "augment on", "loader img/s", "loader/model", "set-up s")

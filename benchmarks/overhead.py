@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--classes", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20, help="training steps per round and side")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed", "16-mixed"])
     parser.add_argument("--channels-last", action="store_true")
@@ -74,8 +74,8 @@ class InMemory(MedicalImageDataModule):
         return SplitData(classes=[str(c) for c in range(self.classes_)], splits=splits, channels=3)
 
     def setup(self, stage: str | None = None) -> None:
-        super().setup(stage)
-        if self.tensors is None:
+        if self.data is None:
+            super().setup(stage)
             dataset = self.dataset("train")
             x = torch.stack([dataset[i][0] for i in range(len(dataset))]).to(self.device)
             self.tensors = TensorDataset(x, dataset.labels.to(self.device))
@@ -192,8 +192,8 @@ def main() -> None:
             side.epoch(data)
         loop: dict[str, list[float]] = {name: [] for name in sides}
         whole: dict[str, list[float]] = {name: [] for name in sides}
-        for _ in range(args.rounds):  # alternately, so both see the same machine
-            for name, side in sides.items():
+        for round_ in range(args.rounds):  # alternately, so both see the same machine; who goes first too
+            for name, side in sorted(sides.items(), reverse=bool(round_ % 2)):
                 seconds, total = side.epoch(data)
                 loop[name].append(seconds)
                 whole[name].append(total)

@@ -73,7 +73,9 @@ def predict(
         prep["in_channels"],
         eval_transform(prep["image_size"], prep["mean"], prep["std"]),
     )
-    workers = default_num_workers(False) if num_workers == "auto" else int(num_workers)
+    workers = (
+        default_num_workers(on_gpu=False) if num_workers == "auto" else int(num_workers)
+    )  # the model runs on the CPU
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=min(workers, max(0, len(paths) // batch_size))
     )

@@ -52,12 +52,12 @@ class SplitData:
     skipped: list[Problem] = field(default_factory=list)  # problems left out under data.on_bad=skip
 
 
-def default_num_workers(in_memory: bool, on_gpu: bool) -> int:
-    """Worker processes for a loader (data.num_workers=auto). On a GPU the cores are free to decode and
-    augment: one less than the cores, up to 8. Training on the CPU, the model already uses every core:
-    none for images in memory (a worker only adds copies between processes), and one less than the cores
-    for files (decoding overlaps training). benchmarks/dataloader.py measures the choices."""
-    if in_memory and not on_gpu:
+def default_num_workers(on_gpu: bool) -> int:
+    """Worker processes for a loader (data.num_workers=auto). When a GPU trains, the cores are free to
+    decode and augment: one less than the cores, up to 8. When the CPU trains, the model already uses
+    every core, and a worker competing with it slowed training more than decoding and augmenting in the
+    main process did (benchmarks/dataloader.py): none."""
+    if not on_gpu:
         return 0
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
@@ -194,14 +194,18 @@ class MedicalImageDataModule(L.LightningDataModule):
             weights, len(labels), replacement=True, generator=torch.Generator().manual_seed(self.seed)
         )
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the model runs on a CUDA GPU: the trainer's accelerator, or (no trainer yet) whether one
+        is available."""
+        if self.trainer is not None:
+            return self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        return torch.cuda.is_available()
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
-        in_memory = self.data.splits[split].images is not None
-        on_gpu = self.trainer is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
-        workers = (
-            default_num_workers(in_memory, on_gpu) if self.num_workers == "auto" else int(self.num_workers)
-        )
-        pin = on_gpu if self.pin_memory == "auto" else self.pin_memory
+        workers = default_num_workers(self.on_gpu) if self.num_workers == "auto" else int(self.num_workers)
+        pin = self.on_gpu if self.pin_memory == "auto" else self.pin_memory
         sampler = self.balanced_sampler() if shuffle and self.sampler == "weighted" else None
         return DataLoader(
             dataset,
