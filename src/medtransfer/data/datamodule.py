@@ -62,7 +62,27 @@ def default_num_workers(on_gpu: bool) -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
-class MedicalImageDataModule(L.LightningDataModule):
+class SplitLoaders:
+    """Lightning's loader hooks, and `dataloader(split)` (in order, for evaluation), from one
+    `_loader(split, shuffle)`."""
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def dataloader(self, split: str) -> DataLoader:
+        return self._loader(split, shuffle=False)
+
+
+class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
     """Common data module. Sources override `load_splits` and `describe_source`.
 
     image_size: side of the square network input. augment: see `train_transform`.
@@ -217,18 +237,6 @@ class MedicalImageDataModule(L.LightningDataModule):
             pin_memory=bool(pin),
             drop_last=False,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def dataloader(self, split: str) -> DataLoader:
-        return self._loader(split, shuffle=False)
 
     # ---------------------------------------------------------- reporting
     def summary(self) -> dict:

@@ -14,7 +14,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from medtransfer.data.datamodule import MedicalImageDataModule
+from medtransfer.data.datamodule import MedicalImageDataModule, SplitLoaders
 from medtransfer.data.feature_cache import (
     FeatureCache,
     extract_features,
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 
 
-class FeatureDataModule(L.LightningDataModule):
+class FeatureDataModule(SplitLoaders, L.LightningDataModule):
     """The loaders of `images`, each image replaced by the `model` backbone's features of it.
 
     What callbacks read from a data module (`dataset`: the images, `summary`, the split tables) comes from
@@ -104,18 +104,6 @@ class FeatureDataModule(L.LightningDataModule):
             shuffle=shuffle and sampler is None,
             sampler=sampler,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def dataloader(self, split: str) -> DataLoader:
-        return self._loader(split, shuffle=False)
 
     def inputs(self, split: str, indices: Sequence[int]) -> torch.Tensor:
         """The model inputs of some images of a split: their features."""
