@@ -26,13 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
 from medtransfer.config import compose_config
 from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
-from medtransfer.train import build_trainer
+from medtransfer.train import build_model, build_trainer
 
 LR, WEIGHT_DECAY = 1e-3, 0.05
 
@@ -161,15 +159,7 @@ class Medtransfer:
         """(seconds in the training loop, seconds of the whole `fit`)."""
         torch.manual_seed(0)
         cfg = self.cfg
-        model = instantiate(
-            cfg.model,
-            num_classes=self.args.classes,
-            image_size=self.args.size,
-            optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-            scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-            finetune=OmegaConf.to_container(cfg.finetune, resolve=True),
-            _recursive_=False,
-        )
+        model = build_model(cfg, data)  # sized by the data module, as medtransfer-train does
         trainer = build_trainer(cfg, model, self.run_dir)
         timer = TrainingLoopTimer()
         trainer.callbacks.insert(0, timer)  # before the checkpoint callbacks, which Lightning puts last

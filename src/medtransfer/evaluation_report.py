@@ -52,18 +52,18 @@ def report_metrics(model, probs, targets, logits, split: str, samples: int, seed
     return metrics
 
 
-def figures(model, probs, targets, logits, split: str) -> dict[str, plt.Figure]:
-    """{file stem: figure}: reliability_diagram, and for binary tasks roc_curve and pr_curve."""
+def figures(model, probs, targets, logits, split: str, metrics: dict[str, float]) -> dict[str, plt.Figure]:
+    """{file stem: figure}: reliability_diagram, and for binary tasks roc_curve and pr_curve. `metrics`:
+    what report_metrics computed (the ECEs and the rates at the threshold are not computed again)."""
     curves = {}
-    raw = scaled_probabilities(logits)
     curves["uncalibrated" if model.calibration else "model"] = {
-        **reliability_bins(raw, targets),
-        "ece": expected_calibration_error(raw, targets),
+        **reliability_bins(scaled_probabilities(logits), targets),
+        "ece": metrics[f"{split}/ece"],
     }
     if model.calibration:
         curves[f"temperature {model.temperature:.3g}"] = {
             **reliability_bins(probs, targets),
-            "ece": expected_calibration_error(probs, targets),
+            "ece": metrics[f"{split}/ece_calibrated"],
         }
     out = {"reliability_diagram": reliability_figure(curves, title=f"{split} reliability diagram")}
     if probs.shape[1] != 2 or targets.min() == targets.max():
@@ -73,7 +73,8 @@ def figures(model, probs, targets, logits, split: str) -> dict[str, plt.Figure]:
     precision, recall, _ = binary_precision_recall_curve(scores, targets)
     roc_point = pr_point = None
     if threshold is not None:
-        sensitivity, specificity = rates_at_threshold(scores, targets, threshold)
+        sensitivity = metrics[f"{split}/sensitivity_at_threshold"]
+        specificity = metrics[f"{split}/specificity_at_threshold"]
         predicted = scores >= threshold
         precision_at = float((targets[predicted] == 1).float().mean()) if predicted.any() else 1.0
         roc_point = (1 - specificity, sensitivity, threshold)
@@ -121,19 +122,15 @@ def evaluation_report(
     step: int = 0,
     bootstrap_samples: int = 1000,
     bootstrap_seed: int = 0,
-    source: str = "test",
 ) -> dict[str, float]:
-    """Metrics of `model.predictions[source]` (the last test run) reported under `split`; files into
-    `output_dir`, figures into the TensorBoard loggers. Call on rank zero."""
-    if source not in model.predictions:
+    """Metrics of `model.predictions["test"]` and `model.logits["test"]` (the last test run) reported under
+    `split`; files into `output_dir`, figures into the TensorBoard loggers. Call on rank zero."""
+    if "test" not in model.predictions:
         return {}
-    probs, targets = model.predictions[source]
-    logits = model.logits.get(source)
-    if logits is None:  # probabilities only: their log gives the same softmax
-        logits = probs.clamp(min=1e-12).log() * model.temperature
-    probs, targets, logits = probs.float(), targets.long(), logits.float()
+    probs, targets = model.predictions["test"]
+    probs, targets, logits = probs.float(), targets.long(), model.logits["test"].float()
     metrics = report_metrics(model, probs, targets, logits, split, bootstrap_samples, bootstrap_seed)
-    figs = figures(model, probs, targets, logits, split)
+    figs = figures(model, probs, targets, logits, split, metrics)
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

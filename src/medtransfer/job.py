@@ -50,9 +50,10 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
     except (KeyboardInterrupt, SystemExit) as err:
         # Ctrl-C (Lightning turns it into SystemExit) or SIGTERM (SIGTERMException): last.ckpt was saved
         # on the way out (SaveOnInterrupt); a sweep stops too
-        write_status(
-            output_dir, "interrupted", time.time() - start, resume=f"medtransfer-train resume={output_dir}"
-        )
+        # a run that can be continued says how (medtransfer-eval and -predict are simply run again)
+        resumable = (Path(output_dir) / "checkpoints" / "last.ckpt").is_file()
+        extra = {"resume": f"medtransfer-train resume={output_dir}"} if resumable else {}
+        write_status(output_dir, "interrupted", time.time() - start, **extra)
         raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
     except Exception as err:
         trace = Path(output_dir) / "traceback.txt"

@@ -90,7 +90,7 @@ def predict(
         all_probs.append(probs)
         all_predicted.append(predicted)
         if explain:  # the heatmap of the predicted class, over the original image (its own size)
-            start = sum(len(p) for p in all_probs[:-1])
+            start = len(overlays)  # one overlay per image so far
             maps = heatmaps(model, x, predicted.tolist(), explain_method)
             for path, heat in zip(paths[start : start + len(x)], maps, strict=True):
                 target = overlay_path(path, input_path, explanations_dir)

@@ -29,7 +29,7 @@ def fit_on_validation(
 ) -> tuple[dict | None, dict | None]:
     """(calibration, operating_point) fitted on validation logits (before any temperature) and targets."""
     calibration = None
-    temperature = 1.0
+    probs = scaled_probabilities(logits)  # replaced by the calibrated ones when a temperature is fitted
     if calibrate:
         temperature = fit_temperature(logits, targets)
         if bool((logits.argmax(1) == targets).all()):
@@ -44,12 +44,13 @@ def fit_on_validation(
             )
         calibration = {
             "temperature": temperature,
-            "val_ece_before": expected_calibration_error(scaled_probabilities(logits), targets),
-            "val_ece_after": expected_calibration_error(scaled_probabilities(logits, temperature), targets),
+            "val_ece_before": expected_calibration_error(probs, targets),
         }
+        probs = scaled_probabilities(logits, temperature)
+        calibration["val_ece_after"] = expected_calibration_error(probs, targets)
     operating_point = None
     if rule and logits.shape[1] == 2:
-        scores = scaled_probabilities(logits, temperature)[:, 1]
+        scores = probs[:, 1]
         threshold = choose_threshold(scores, targets, rule, target_sensitivity)
         if threshold is None:
             console.print("[yellow]threshold: the validation split holds one class; none chosen[/yellow]")
@@ -99,9 +100,6 @@ class FitOnValidation(L.Callback):
             if best:
                 calibration, operating_point = fitted
                 add_to_checkpoint(Path(best), calibration=calibration, operating_point=operating_point)
-            temperature = fitted[0]["temperature"] if fitted[0] else 1.0
-            pl_module.predictions["val"] = (scaled_probabilities(logits, temperature), targets)
-            pl_module.logits["val"] = logits
         calibration, operating_point = trainer.strategy.broadcast(fitted, src=0)
         pl_module.calibration, pl_module.operating_point = calibration, operating_point
         trainer.strategy.barrier("fit_on_validation")  # best.ckpt is rewritten before any rank reads it

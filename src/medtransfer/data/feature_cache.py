@@ -4,7 +4,6 @@ files) and labels, the transform, and the precision. A linear probe then trains 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -16,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from medtransfer.data.datamodule import Split
 
@@ -55,29 +53,6 @@ def split_fingerprint(split: Split) -> str:
 
 def cache_key(fields: Mapping) -> str:
     return hashlib.sha1(json.dumps(dict(fields), sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module,
-    loader: DataLoader,
-    device: torch.device,
-    forward_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) of every batch of `loader`, the backbone in eval mode (restored after), as
-    float32 on the CPU."""
-    was_training = backbone.training
-    backbone.eval()
-    features, labels = [], []
-    try:
-        for x, y in loader:
-            with forward_context():
-                out = backbone(x.to(device, non_blocking=True))
-            features.append(out.float().cpu())
-            labels.append(y.cpu())
-    finally:
-        backbone.train(was_training)
-    return torch.cat(features), torch.cat(labels)
 
 
 class FeatureCache:

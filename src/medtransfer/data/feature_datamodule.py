@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +18,6 @@ from torch.utils.data import DataLoader, TensorDataset
 from medtransfer.data.datamodule import MedicalImageDataModule, SplitLoaders
 from medtransfer.data.feature_cache import (
     FeatureCache,
-    extract_features,
     split_fingerprint,
     state_fingerprint,
 )
@@ -25,6 +25,7 @@ from medtransfer.data.splits import SPLITS
 from medtransfer.data.transforms import augments
 from medtransfer.errors import ConfigError
 from medtransfer.models.classifier import Classifier
+from medtransfer.models.inference import outputs
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,19 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
         for split in STAGE_SPLITS.get(stage, SPLITS):
             self.split_features(split)
 
+    @cached_property
+    def backbone_state(self) -> str:
+        """The frozen backbone's fingerprint, hashed once for all splits."""
+        return state_fingerprint(self.model.backbone)
+
     def split_features(self, split: str) -> torch.Tensor:
         if split not in self.features:
             part = self.images.data.splits[split]
-            labels = torch.as_tensor(part.labels, dtype=torch.long)
+            labels = self.images.dataset(split).labels
             backbone = self.model.backbone
             fields = {
                 "backbone": self.model.hparams.backbone,
-                "backbone_state": state_fingerprint(backbone),
+                "backbone_state": self.backbone_state,
                 "split": split,
                 "data": split_fingerprint(part),
                 "decode": self.images.decode_options(),
@@ -85,7 +91,7 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
                 # shuffling stays that of the same run on images
                 try:
                     with torch.random.fork_rng(devices=[]):
-                        return extract_features(
+                        return outputs(
                             backbone, self.images.dataloader(split), self.device, self.forward_context
                         )
                 finally:
@@ -95,8 +101,7 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
         return self.features[split]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        labels = torch.as_tensor(self.images.data.splits[split].labels, dtype=torch.long)
-        dataset = TensorDataset(self.split_features(split), labels)
+        dataset = TensorDataset(self.split_features(split), self.images.dataset(split).labels)
         sampler = self.images.balanced_sampler() if shuffle and self.images.sampler == "weighted" else None
         return DataLoader(
             dataset,

@@ -15,11 +15,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
+from medtransfer.calibration import scaled_probabilities
 from medtransfer.errors import ConfigError, NonFiniteLossError
 from medtransfer.finetune.layer_groups import LAYER_GROUPS, group_parameters, layer_groups
 from medtransfer.finetune.strategies import BACKBONE_GROUPS, FreezingStrategy, Full
 from medtransfer.metrics import classification_metrics
 from medtransfer.models.backbone import build_backbone, normalization
+from medtransfer.models.inference import outputs
 
 DEFAULT_HEAD = {"_target_": "medtransfer.models.heads.LinearHead"}
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.05}
@@ -155,7 +157,7 @@ class Classifier(L.LightningModule):
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities as the model is deployed: softmax(logits / temperature)."""
-        return (self(x).float() / self.temperature).softmax(dim=1)
+        return scaled_probabilities(self(x), self.temperature)
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
         """The predicted class of each row of `probs`: class 1 at probability ≥ threshold (binary tasks with
@@ -165,23 +167,12 @@ class Classifier(L.LightningModule):
             return probs.argmax(dim=1)
         return (probs[:, 1] >= threshold).long()
 
-    @torch.no_grad()  # not inference_mode: the results may be used with autograd (temperature fitting)
     def collect_logits(
         self, loader, device: torch.device | str | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw logits (before the temperature) and targets of every batch of `loader`, in eval mode (the
         mode is restored after), with no logging and no metric state touched."""
-        device = torch.device(device) if device is not None else self.device
-        was_training = self.training
-        self.eval()
-        logits, targets = [], []
-        try:
-            for x, y in loader:
-                logits.append(self(x.to(device)).float().cpu())
-                targets.append(y.cpu())
-        finally:
-            self.train(was_training)
-        return torch.cat(logits), torch.cat(targets)
+        return outputs(self, loader, device if device is not None else self.device)
 
     # ------------------------------------------------------------- freezing
     @property
