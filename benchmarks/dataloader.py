@@ -23,11 +23,11 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.transforms import v2
 
-from medtransfer.config import compose_config
 from medtransfer.data.datamodule import MedicalImageDataModule, default_num_workers
 from medtransfer.data.transforms import train_transform
 from medtransfer.models.classifier import Classifier
 from medtransfer.train import build_data
+from medtransfer.utils.compose import compose_config
 
 THREADS = torch.get_num_threads()
 AUGMENT = {

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 import torchvision
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
 
-from medtransfer.config import compose_config
 from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
 from medtransfer.train import build_model, build_trainer
+from medtransfer.utils.compose import compose_config
 
 LR, WEIGHT_DECAY = 1e-3, 0.05
 

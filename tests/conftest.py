@@ -12,7 +12,7 @@ import pytest
 from omegaconf import DictConfig
 from PIL import Image
 
-from medtransfer.config import compose_config
+from medtransfer.utils.compose import compose_config
 
 os.environ.setdefault("PYTHONHASHSEED", "0")
 

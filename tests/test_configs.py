@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from medtransfer.config import compose_config
 from medtransfer.finetune.strategies import FreezingStrategy
-from medtransfer.paths import CONFIG_DIR
+from medtransfer.utils.compose import compose_config
+from medtransfer.utils.paths import CONFIG_DIR
 
 GROUPS = [
     "data",
@@ -53,5 +53,5 @@ def test_entry_point_configs_compose(name, tmp_path):
 
 
 def test_outputs_dir_is_kept_empty_by_gitignore():
-    ignore = Path(CONFIG_DIR).parent / "outputs" / ".gitignore"
+    ignore = Path(__file__).resolve().parents[1] / "outputs" / ".gitignore"
     assert ignore.read_text().split() == ["*", "!.gitignore"]

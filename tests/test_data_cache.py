@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-import medtransfer.data.decode as decode_module
-import medtransfer.data.inspection as inspection_module
+import medtransfer.data.files.decode as decode_module
+import medtransfer.data.files.inspection as inspection_module
 from conftest import make_folder_tree
-from medtransfer.data.folder import FolderDataModule
+from medtransfer.data.sources.folder import FolderDataModule
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def test_second_validation_of_an_unchanged_folder_is_a_cache_hit(tmp_path, monke
 
     monkeypatch.setattr(inspection_module, "inspect_file", no_reading)
     start = time.perf_counter()
-    with caplog.at_level(logging.INFO, logger="medtransfer.data.inspection"):
+    with caplog.at_level(logging.INFO, logger="medtransfer.data.files.inspection"):
         second = folder_datamodule(root, tmp_path / "cache", cache="none")
     second_s = time.perf_counter() - start
     log.info("setup with validation: first run %.3f s, second run %.3f s (cache hit)", first_s, second_s)

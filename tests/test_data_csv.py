@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from conftest import make_folder_tree
-from medtransfer.data.csv_manifest import CsvDataModule
+from medtransfer.data.sources.csv_manifest import CsvDataModule
 from medtransfer.data.splits import SPLITS
-from medtransfer.errors import DataError
 from medtransfer.train import train
+from medtransfer.utils.errors import DataError
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:

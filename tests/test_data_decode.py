@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 
 from conftest import make_folder_tree, write_dicom
-from medtransfer.data.decode import decode, is_image_file, read_image
-from medtransfer.data.inspection import inspect_file
-from medtransfer.errors import DataError
+from medtransfer.data.files.decode import decode, is_image_file, read_image
+from medtransfer.data.files.inspection import inspect_file
 from medtransfer.train import build_data, build_model
+from medtransfer.utils.errors import DataError
 
 # stored values → rescaled (×2 − 1000): −1000, −100, 100, 1000 (Hounsfield-like units)
 STORED = np.array([[0, 450, 550, 1000]] * 2, dtype=np.uint16)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import make_folder_tree
-from medtransfer.data.folder import FolderDataModule
-from medtransfer.errors import ConfigError
+from medtransfer.data.sources.folder import FolderDataModule
+from medtransfer.utils.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_folder_tree
-from medtransfer.data.folder import FolderDataModule
+from medtransfer.data.sources.folder import FolderDataModule
 from medtransfer.data.splits import SPLITS, connected_groups, grouped_split, stratified_split
 
 FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from medtransfer.console import console, print_data_summary
-from medtransfer.data.folder import FolderDataModule
+from medtransfer.data.sources.folder import FolderDataModule
 from medtransfer.data.splits import SPLITS
+from medtransfer.utils.console import console, print_data_summary
 
 BRAIN_MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "brain_mri"
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ import pytest
 
 from conftest import make_folder_tree, write_corrupt_png, write_truncated_png
 from medtransfer.data.splits import SPLITS
-from medtransfer.errors import DataError
 from medtransfer.models.classifier import Classifier
 from medtransfer.train import train
+from medtransfer.utils.errors import DataError
 
 
 def single_tree(tmp: Path) -> Path:

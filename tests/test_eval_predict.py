@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from medtransfer.checkpoint import load_classifier
-from medtransfer.config import compose_config
 from medtransfer.evaluate import evaluate
-from medtransfer.job import run_job
+from medtransfer.models.checkpoint import load_classifier
 from medtransfer.predict import predict
 from medtransfer.train import train
+from medtransfer.utils.compose import compose_config
+from medtransfer.utils.run_status import run_job
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_predict_writes_class_probabilities(trained_folder_run, folder_tree, tmp
 
 
 def test_user_errors_exit_with_a_message_not_a_traceback(tmp_path, capsys):
-    from medtransfer.errors import DataError
+    from medtransfer.utils.errors import DataError
 
     def bad():
         raise DataError("data.root=/nowhere: no such folder.")
@@ -92,7 +92,7 @@ def test_user_errors_exit_with_a_message_not_a_traceback(tmp_path, capsys):
 
 
 def test_missing_checkpoint_is_a_user_error(tmp_path):
-    from medtransfer.errors import ConfigError
+    from medtransfer.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="no such file"):
         predict(tmp_path / "missing.ckpt", tmp_path, tmp_path / "p.csv")

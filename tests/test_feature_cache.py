@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from conftest import TINY
-from medtransfer.checkpoint import load_classifier
-from medtransfer.config import compose_config
 from medtransfer.data.datamodule import Split
-from medtransfer.data.feature_cache import split_fingerprint, state_fingerprint
-from medtransfer.data.feature_datamodule import FeatureDataModule, head_training_data
-from medtransfer.errors import ConfigError
+from medtransfer.features.cache import split_fingerprint, state_fingerprint
+from medtransfer.features.datamodule import FeatureDataModule, head_training_data
+from medtransfer.models.checkpoint import load_classifier
 from medtransfer.train import build_data, build_model, build_trainer, train
+from medtransfer.utils.compose import compose_config
+from medtransfer.utils.errors import ConfigError
 
 PROBE = ["finetune=linear_probe", "data.augment=null", "optimizer.lr=0.05", "trainer.max_epochs=3"]
 

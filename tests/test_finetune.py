@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 from conftest import run_train_cli
-from medtransfer.finetune.layer_groups import LAYER_GROUPS
+from medtransfer.finetune.schedulers import warmup_cosine
 from medtransfer.finetune.strategies import FastAI, Gradual, Partial
+from medtransfer.models.anatomy import LAYER_GROUPS
 from medtransfer.models.classifier import Classifier
-from medtransfer.optim import warmup_cosine
 from medtransfer.train import train
 from probe import read_probe
 

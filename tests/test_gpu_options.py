@@ -11,9 +11,9 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import compose_config
-from medtransfer.checkpoint import load_classifier
-from medtransfer.errors import ConfigError
+from medtransfer.models.checkpoint import load_classifier
 from medtransfer.models.classifier import Classifier
+from medtransfer.utils.errors import ConfigError
 
 CHANNELS_LAST = torch.channels_last
 

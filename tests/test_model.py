@@ -8,9 +8,9 @@ import pytest
 import torch
 import torchvision
 
-from medtransfer.errors import WeightsUnavailableError
 from medtransfer.models.backbone import RESNETS, adapt_input_conv, build_backbone
 from medtransfer.models.classifier import Classifier
+from medtransfer.utils.errors import WeightsUnavailableError
 
 
 def test_grayscale_stem_equals_rgb_model_on_copied_image():

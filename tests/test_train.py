@@ -13,8 +13,8 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from medtransfer.errors import NonFiniteLossError
 from medtransfer.train import build_data, build_model, build_trainer, train
+from medtransfer.utils.errors import NonFiniteLossError
 
 
 def read_events(run_dir: Path) -> EventAccumulator:
@@ -101,7 +101,7 @@ def test_train_on_folder_tree_splits_and_records_it(train_config, folder_tree):
 
 
 def test_split_is_seeded_and_stratified(folder_tree, tmp_path):
-    from medtransfer.data.folder import FolderDataModule
+    from medtransfer.data.sources.folder import FolderDataModule
 
     def assignment(seed):
         dm = FolderDataModule(root=str(folder_tree), seed=seed)

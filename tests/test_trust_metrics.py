@@ -9,18 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from medtransfer.bootstrap import auroc, bootstrap_intervals, resampled_auroc
-from medtransfer.calibration import (
+from medtransfer.callbacks.fit_on_validation import FitOnValidation, fit_on_validation
+from medtransfer.evaluation.calibration import (
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
     scaled_probabilities,
 )
-from medtransfer.callbacks.fit_on_validation import FitOnValidation, fit_on_validation
-from medtransfer.errors import ConfigError
-from medtransfer.evaluation_report import evaluation_report
-from medtransfer.operating_point import choose_threshold, rates_at_threshold
-from medtransfer.per_class_report import per_class_rows
+from medtransfer.evaluation.confidence_intervals import auroc, bootstrap_intervals, resampled_auroc
+from medtransfer.evaluation.operating_point import choose_threshold, rates_at_threshold
+from medtransfer.evaluation.per_class_report import per_class_rows
+from medtransfer.evaluation.split_report import evaluation_report
+from medtransfer.utils.errors import ConfigError
 
 
 def overconfident_logits(n: int = 600, scale: float = 8.0, seed: int = 0):

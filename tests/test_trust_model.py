@@ -21,13 +21,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import TINY
 from medtransfer.callbacks.fit_on_validation import fit_on_validation
-from medtransfer.checkpoint import add_to_checkpoint, load_classifier
-from medtransfer.config import compose_config
 from medtransfer.data.transforms import eval_transform
 from medtransfer.evaluate import datamodule_for, evaluate
-from medtransfer.explain import heatmaps
+from medtransfer.evaluation.explanations import heatmaps
+from medtransfer.models.checkpoint import add_to_checkpoint, load_classifier
 from medtransfer.predict import predict
 from medtransfer.train import train
+from medtransfer.utils.compose import compose_config
 
 SIZE = 128
 CLASSES = ("absent", "present")

@@ -16,8 +16,8 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 from conftest import TINY, square_image, write_dicom
-from medtransfer.config import compose_config
-from medtransfer.paths import CONFIG_DIR
+from medtransfer.utils.compose import compose_config
+from medtransfer.utils.paths import CONFIG_DIR
 
 FAKE_PATIENT = {
     "PatientName": "Zyxwvut^Quortlebee",
@@ -28,7 +28,10 @@ FAKE_PATIENT = {
     "InstitutionName": "Hospital Of Fakeplace",
 }
 NEEDLES = [b"zyxwvut", b"quortlebee", b"fake-7731-id", b"19010203", b"qwxville", b"alt-5512-id", b"fakeplace"]
-LOCAL_LOGGERS = {"medtransfer.loggers.HParamsTensorBoardLogger", "lightning.pytorch.loggers.CSVLogger"}
+LOCAL_LOGGERS = {
+    "medtransfer.loggers.tensorboard.HParamsTensorBoardLogger",
+    "lightning.pytorch.loggers.CSVLogger",
+}
 
 
 def dicom_tree(root: Path, per_class: int = 10, size: int = 16) -> Path:
@@ -169,7 +172,9 @@ def test_fake_patient_name_from_dicom_headers_is_in_no_written_file(tmp_path, mo
 
 def test_default_loggers_are_local_and_every_logger_option_is():
     cfg = compose_config("train", Path("/tmp/unused"), ["data.root=x"])
-    assert {lg["_target_"] for lg in cfg.logger.values()} == {"medtransfer.loggers.HParamsTensorBoardLogger"}
+    assert {lg["_target_"] for lg in cfg.logger.values()} == {
+        "medtransfer.loggers.tensorboard.HParamsTensorBoardLogger"
+    }
     for option in sorted((CONFIG_DIR / "logger").glob("*.yaml")):
         cfg = compose_config("train", Path("/tmp/unused"), ["data.root=x", f"logger={option.stem}"])
         assert {lg["_target_"] for lg in cfg.logger.values()} <= LOCAL_LOGGERS, option.name

@@ -14,14 +14,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from medtransfer.callbacks.confusion_matrix import ConfusionMatrix
-from medtransfer.checkpoint import load_classifier
-from medtransfer.console import print_metrics
 from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule
-from medtransfer.errors import ConfigError
-from medtransfer.evaluation_report import evaluation_report, write_decision_settings
-from medtransfer.job import run_job
+from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
+from medtransfer.models.checkpoint import load_classifier
 from medtransfer.models.classifier import Classifier
-from medtransfer.paths import CONFIG_DIR
+from medtransfer.utils.console import print_metrics
+from medtransfer.utils.errors import ConfigError
+from medtransfer.utils.paths import CONFIG_DIR
+from medtransfer.utils.run_status import run_job
 
 
 def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalImageDataModule:

@@ -17,17 +17,17 @@ from omegaconf import DictConfig
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from medtransfer.checkpoint import load_classifier
-from medtransfer.console import console
 from medtransfer.data.datamodule import default_num_workers
 from medtransfer.data.datasets import FileDataset
-from medtransfer.data.decode import is_image_file, read_image
+from medtransfer.data.files.decode import is_image_file, read_image
 from medtransfer.data.transforms import eval_transform
-from medtransfer.errors import DataError
-from medtransfer.evaluation_report import decision_text
-from medtransfer.explain import check_method, heatmaps, overlay
-from medtransfer.job import run_job
-from medtransfer.paths import CONFIG_DIR
+from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
+from medtransfer.evaluation.split_report import decision_text
+from medtransfer.models.checkpoint import load_classifier
+from medtransfer.utils.console import console
+from medtransfer.utils.errors import DataError
+from medtransfer.utils.paths import CONFIG_DIR
+from medtransfer.utils.run_status import run_job
 
 
 def find_images(input_path: str | Path) -> list[str]:

@@ -9,10 +9,13 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import yaml
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 
-from medtransfer.console import console, print_table
+from medtransfer.utils.console import console, print_table
 
 COLUMNS = ("val_best", "test/auroc", "test/acc", "test/balanced_acc", "epochs", "wall_time_s")
 
@@ -180,10 +183,6 @@ def main() -> None:
         console.print(f"{kind}: {path}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) of one TensorBoard scalar of a run (its tensorboard/ folder)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -193,3 +192,22 @@ def scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
     if tag not in acc.Tags()["scalars"]:
         return []
     return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+class SweepSummary(Callback):
+    """Hydra callback at the end of a multirun: the sweep report in the sweep dir, and exit code 1 when
+    any job failed (each job records its own status.json, and the sweep went on past failures)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect(sweep_dir) if sweep_dir.is_dir() else []
+        if not rows:
+            return  # a remote launcher (SLURM) returns before its jobs write anything here
+        report(sweep_dir, rows=rows)
+        if any(r["status"] == "failed" for r in rows):
+            console.print("[red]See status.json and traceback.txt in the failed jobs' run dirs.[/red]")
+            raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -25,21 +25,27 @@ from medtransfer.callbacks.fit_on_validation import FitOnValidation
 from medtransfer.callbacks.run_files import RunFiles
 from medtransfer.callbacks.sample_images import SampleImages
 from medtransfer.callbacks.save_on_interrupt import SaveOnInterrupt
-from medtransfer.console import print_config, print_data_summary, print_error, print_metrics, print_table
 from medtransfer.data.datamodule import MedicalImageDataModule
-from medtransfer.data.feature_datamodule import head_training_data
-from medtransfer.distributed import (
+from medtransfer.evaluation.split_report import evaluation_report, log_scalars, write_decision_settings
+from medtransfer.features.datamodule import head_training_data
+from medtransfer.finetune.summary import layer_group_rows
+from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
+from medtransfer.models.classifier import Classifier
+from medtransfer.utils.console import (
+    print_config,
+    print_data_summary,
+    print_error,
+    print_metrics,
+    print_table,
+)
+from medtransfer.utils.distributed import (
     install_job_subprocess_command,
     per_process_batch_size,
     process_group_per_job,
 )
-from medtransfer.errors import ConfigError
-from medtransfer.evaluation_report import evaluation_report, log_scalars, write_decision_settings
-from medtransfer.finetune.summary import layer_group_rows
-from medtransfer.job import run_job
-from medtransfer.loggers import HParamsTensorBoardLogger
-from medtransfer.models.classifier import Classifier
-from medtransfer.paths import CONFIG_DIR, absolute_paths
+from medtransfer.utils.errors import ConfigError
+from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
+from medtransfer.utils.run_status import run_job
 
 
 def build_data(cfg: DictConfig) -> MedicalImageDataModule:

@@ -1,1 +1,3 @@
-"""Lightning callbacks that make a run directory self-describing and TensorBoard informative."""
+"""Lightning callbacks of a run, each listed with its options in conf/callbacks/: checkpoints on
+interrupt, run files, sample images, fitting on validation, explanations, the test report. Imports every
+layer below the commands."""

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from medtransfer.plots import confusion_matrix, confusion_matrix_figure
+from medtransfer.evaluation.plots import confusion_matrix, confusion_matrix_figure
 
 
 class ConfusionMatrix(L.Callback):

@@ -16,9 +16,9 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from medtransfer.checkpoint import load_classifier
-from medtransfer.explain import check_method, heatmaps, overlay
-from medtransfer.plots import overlay_grid_figure
+from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
+from medtransfer.evaluation.plots import overlay_grid_figure
+from medtransfer.models.checkpoint import load_classifier
 
 SCAN_LIMIT = 512  # validation images looked at to find mistakes (the set stays cheap on large splits)
 

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import lightning as L
 
-from medtransfer.calibration import (
+from medtransfer.evaluation.calibration import (
     TEMPERATURE_BOUNDS,
     expected_calibration_error,
     fit_temperature,
     scaled_probabilities,
 )
-from medtransfer.checkpoint import add_to_checkpoint, load_classifier
-from medtransfer.console import console
-from medtransfer.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
+from medtransfer.evaluation.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
+from medtransfer.models.checkpoint import add_to_checkpoint, load_classifier
+from medtransfer.utils.console import console
 
 
 def fit_on_validation(

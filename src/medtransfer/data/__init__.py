@@ -1,2 +1,3 @@
-"""Data: sources of medical images (class folders, CSV manifests, MedMNIST .npz) behind one LightningDataModule;
-decoding, validation, splits and caching for file sources. See docs/data.md."""
+"""Data: one LightningDataModule over every source (sources/: class folders, CSV manifests, MedMNIST
+.npz, mirroring conf/data/), datasets, transforms and splits; files/ reads and checks image files.
+See docs/data.md. Imports only utils/, never models/."""

@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from medtransfer.data.datasets import ArrayDataset, FileDataset, TensorListDataset
+from medtransfer.data.files.validation import Problem, left_out
 from medtransfer.data.splits import SPLITS
 from medtransfer.data.transforms import eval_transform, train_transform
-from medtransfer.data.validation import Problem, left_out
-from medtransfer.errors import ConfigError, DataError
-from medtransfer.models.backbone import IMAGENET_MEAN, IMAGENET_STD
+from medtransfer.utils.errors import ConfigError, DataError
+from medtransfer.utils.normalization import IMAGENET_MEAN, IMAGENET_STD, for_channels
 
 SAMPLERS = (None, "weighted")
 
@@ -169,10 +169,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
     def _normalization(self) -> tuple[list[float], list[float]]:
         if self.mean is not None:
             return list(self.mean), list(self.std)
-        c = self.num_channels
-        mean = list(IMAGENET_MEAN) if c == 3 else [sum(IMAGENET_MEAN) / 3] * c
-        std = list(IMAGENET_STD) if c == 3 else [sum(IMAGENET_STD) / 3] * c
-        return mean, std
+        return for_channels(IMAGENET_MEAN, IMAGENET_STD, self.num_channels)
 
     def transform(self, split: str):
         mean, std = self._normalization()

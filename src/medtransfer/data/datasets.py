@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medtransfer.data.decode import read_image
+from medtransfer.data.files.decode import read_image
 
 
 class TensorListDataset(Dataset):

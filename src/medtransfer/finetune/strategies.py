@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from medtransfer.errors import ConfigError
-from medtransfer.finetune.layer_groups import LAYER_GROUPS
+from medtransfer.models.anatomy import LAYER_GROUPS
+from medtransfer.utils.errors import ConfigError
 
 BACKBONE_GROUPS = LAYER_GROUPS[:-1]
 

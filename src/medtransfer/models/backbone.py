@@ -12,7 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from medtransfer.errors import ConfigError, WeightsUnavailableError
+from medtransfer.utils.errors import ConfigError, WeightsUnavailableError
+from medtransfer.utils.normalization import IMAGENET_MEAN, IMAGENET_STD, for_channels
 
 RESNETS = (
     "resnet18",
@@ -26,8 +27,6 @@ RESNETS = (
     "wide_resnet50_2",
     "wide_resnet101_2",
 )
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DOWNLOAD_TIMEOUT_S = 20
 
 
@@ -65,11 +64,7 @@ def normalization(name: str, weights: str | None, in_channels: int) -> tuple[lis
     if weights is not None and not is_local_weights(weights):
         preset = weights_enum(name, weights).transforms()
         mean, std = tuple(preset.mean), tuple(preset.std)
-    if in_channels == 1:
-        return [sum(mean) / 3], [sum(std) / 3]
-    if in_channels != 3:
-        return [sum(mean) / 3] * in_channels, [sum(std) / 3] * in_channels
-    return list(mean), list(std)
+    return for_channels(mean, std, in_channels)
 
 
 def _download_state_dict(weights) -> dict[str, torch.Tensor]:

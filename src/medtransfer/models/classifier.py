@@ -15,13 +15,13 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
-from medtransfer.calibration import scaled_probabilities
-from medtransfer.errors import ConfigError, NonFiniteLossError
-from medtransfer.finetune.layer_groups import LAYER_GROUPS, group_parameters, layer_groups
+from medtransfer.evaluation.calibration import scaled_probabilities
+from medtransfer.evaluation.metrics import classification_metrics
 from medtransfer.finetune.strategies import BACKBONE_GROUPS, FreezingStrategy, Full
-from medtransfer.metrics import classification_metrics
+from medtransfer.models.anatomy import LAYER_GROUPS, group_parameters, layer_groups
 from medtransfer.models.backbone import build_backbone, normalization
 from medtransfer.models.inference import outputs
+from medtransfer.utils.errors import ConfigError, NonFiniteLossError
 
 DEFAULT_HEAD = {"_target_": "medtransfer.models.heads.LinearHead"}
 DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.05}

@@ -1,0 +1,198 @@
+"""Sources made of image files (class folders, CSV manifests): list the files, inspect them (in parallel,
+cached), check the data set (data.on_bad), split it when it comes unsplit (by patient and by content, so
+that no patient and no image is in two splits), and keep small data sets decoded in RAM (data.cache)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from abc import abstractmethod
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+from lightning.pytorch.utilities import rank_zero_only
+
+from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
+from medtransfer.data.files.decode import read_image
+from medtransfer.data.files.inspection import FileFacts, Inspection, inspect_files
+from medtransfer.data.files.validation import (
+    Problem,
+    check_on_bad,
+    duplicate_problems,
+    enforce,
+    file_problems,
+    left_out,
+    missing_class_problems,
+    patient_problems,
+    single_class_problems,
+)
+from medtransfer.data.items import Item
+from medtransfer.data.splits import SPLITS, connected_groups, grouped_split
+from medtransfer.utils.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_MODES = ("auto", "ram", "none")
+
+
+@dataclass
+class Listing:
+    """What a source found: its items, its classes in label order, whether the items came with their
+    split, and the problems seen while listing (missing files, unknown labels, empty class folders)."""
+
+    items: list[Item]
+    classes: list[str]
+    split_given: bool
+    problems: list[Problem] = field(default_factory=list)
+
+
+def _without(items: list[Item], problems: list[Problem]) -> list[Item]:
+    out = left_out(problems)
+    return [i for i in items if i.path not in out]
+
+
+@rank_zero_only
+def _report_skipped(count: int) -> None:
+    log.warning(
+        "data.on_bad=skip: left out %d file(s) with problems; skipped.csv in the run dir lists each with reason and fix.",
+        count,
+    )
+
+
+class ImageFilesDataModule(MedicalImageDataModule):
+    """on_bad: "error" (stop, listing every problem) or "skip" (leave those files out).
+    cache: "ram" keeps every decoded image in memory, "none" decodes on every read, "auto" is "ram" when
+    the decoded images take less than cache_limit_gb.
+    cache_dir: where inspection results are kept between runs (None: not kept).
+    dicom_window: [centre, width] for every DICOM file, in its rescaled units; None: each file's own window."""
+
+    def __init__(
+        self,
+        on_bad: str = "error",
+        cache: str = "auto",
+        cache_limit_gb: float = 2.0,
+        cache_dir: str | None = None,
+        dicom_window: Sequence[float] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.on_bad = check_on_bad(on_bad)
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache={cache!r}: use one of {', '.join(CACHE_MODES)}.")
+        self.cache = cache
+        self.cache_limit_gb = float(cache_limit_gb)
+        self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
+        if dicom_window is not None and len(dicom_window) != 2:
+            raise ConfigError(
+                f"data.dicom_window={list(dicom_window)}: give [centre, width], e.g. [40, 400], or null."
+            )
+        self.dicom_window = [float(v) for v in dicom_window] if dicom_window is not None else None
+        self.inspection: Inspection | None = None
+
+    @abstractmethod
+    def list_items(self) -> Listing:
+        """Every file of the data set, with its class (and patient and split, when the source gives them)."""
+
+    @abstractmethod
+    def locate(self, split: str, cls: str | None = None) -> str:
+        """Where the images of a split (of a class) are given, for messages: a folder, or the manifest."""
+
+    def decode_options(self) -> dict:
+        return {"window": self.dicom_window} if self.dicom_window is not None else {}
+
+    # ------------------------------------------------------------ loading
+    def load_splits(self) -> SplitData:
+        listing = self.list_items()
+        self.inspection = inspect_files([i.path for i in listing.items], self.cache_dir)
+        facts = self.inspection.facts
+        problems = listing.problems + file_problems(listing.items, facts)
+        items = _without(listing.items, problems)
+        if listing.split_given:
+            given = (
+                missing_class_problems(items, listing.classes, self.locate)
+                + duplicate_problems(items, facts)
+                + patient_problems(items)
+            )
+            problems += given
+            items = _without(items, given)
+        else:
+            items = self.assign_splits(items, facts)
+        present = [c for c in listing.classes if any(i.label == c for i in items)]
+        problems += single_class_problems(items, present, self.locate, made_split=not listing.split_given)
+        skipped = enforce(problems, self.on_bad)
+        if skipped:
+            _report_skipped(len(left_out(skipped)))
+        if len(present) < 2:
+            raise DataError(
+                f"{self.locate('train')}: {len(present)} class(es) with usable images ({', '.join(present) or 'none'}); "
+                "a classifier needs at least 2."
+            )
+        return self.split_data(items, present, facts, made_split=not listing.split_given, skipped=skipped)
+
+    def assign_splits(self, items: list[Item], facts: dict[str, FileFacts]) -> list[Item]:
+        """Stratified by class; the images of one patient, and copies of one image, go to one split."""
+        groups = connected_groups([i.patient for i in items], [facts[i.path].sha1 for i in items])
+        labels = np.array([i.label for i in items])
+        assignment = grouped_split(labels, groups, self.val_fraction, self.test_fraction, self.seed)
+        return [replace(i, split=s) for i, s in zip(items, assignment, strict=True)]
+
+    def split_data(
+        self,
+        items: list[Item],
+        classes: list[str],
+        facts: dict[str, FileFacts],
+        made_split: bool,
+        skipped: list[Problem],
+    ) -> SplitData:
+        index = {c: k for k, c in enumerate(classes)}
+        with_patients = any(i.patient for i in items)
+        splits = {}
+        for s in SPLITS:
+            part = [i for i in items if i.split == s]
+            splits[s] = Split(
+                labels=np.array([index[i.label] for i in part], dtype=np.int64),
+                paths=[i.path for i in part],
+                patients=[i.patient for i in part] if with_patients else None,
+            )
+        used = [facts[i.path] for i in items]
+        channels = 1 if all(f.gray for f in used) else 3
+        heights, widths = [f.height for f in used], [f.width for f in used]
+        self.cache_in_ram(splits, used, channels)
+        return SplitData(
+            classes=classes,
+            splits=splits,
+            channels=channels,
+            made_split=made_split,
+            sizes={"height": [min(heights), max(heights)], "width": [min(widths), max(widths)]},
+            modes=dict(sorted(Counter(f.mode for f in used).items())),
+            skipped=skipped,
+        )
+
+    def cache_in_ram(self, splits: dict[str, Split], facts: list[FileFacts], channels: int) -> None:
+        """Decode every image once, now, into `Split.images`, when data.cache says so; the loaders then
+        serve them from memory and no epoch reads a file again."""
+        nbytes = sum(f.height * f.width * channels for f in facts)
+        if self.cache == "none":
+            return
+        if self.cache == "auto" and nbytes > self.cache_limit_gb * 2**30:
+            log.info(
+                "data.cache=auto: the decoded images would take %.1f GiB (> data.cache_limit_gb=%s); reading files every epoch.",
+                nbytes / 2**30,
+                self.cache_limit_gb,
+            )
+            return
+        paths = [p for s in SPLITS for p in splits[s].paths]
+        options = self.decode_options()
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            images = list(pool.map(lambda p: read_image(p, channels, **options), paths))
+        start = 0
+        for s in SPLITS:
+            splits[s].images = images[start : start + len(splits[s])]
+            start += len(splits[s])
+        log.info(
+            "Decoded %d images into RAM (%.0f MiB, data.cache=%s).", len(images), nbytes / 2**20, self.cache
+        )

@@ -1,0 +1,133 @@
+"""`data=medmnist`: MedMNIST .npz files (keys train_images, train_labels, val_*, test_*), from a local
+path, or downloaded from the official release with its MD5 checksum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule, Split, SplitData
+from medtransfer.utils.errors import DataError
+
+ZENODO = "https://zenodo.org/records/10519652/files"
+# name -> (class names, {size: md5}); files are {name}.npz at 28 px and {name}_{size}.npz otherwise.
+MEDMNIST = {
+    "pneumoniamnist": (
+        ["normal", "pneumonia"],
+        {
+            28: "28209eda62fecd6e6a2d98b1501bb15f",
+            64: "8f4eceb4ccffa70c672198ea285246c6",
+            128: "05b46931834c231683c68f40c47b2971",
+            224: "d6a3c71de1b945ea11211b03746c1fe1",
+        },
+    ),
+}
+
+
+def medmnist_filename(name: str, size: int) -> str:
+    return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
+
+
+def download_medmnist(name: str, size: int, root: Path) -> Path:
+    """Download the official file into `root` (checked against its MD5), unless it is already there."""
+    from torchvision.datasets.utils import check_integrity, download_url
+
+    if name not in MEDMNIST:
+        raise DataError(
+            f"data.name={name!r}: unknown MedMNIST set; known: {sorted(MEDMNIST)}. Or give data.path=FILE.npz."
+        )
+    md5s = MEDMNIST[name][1]
+    if size not in md5s:
+        raise DataError(f"data.size={size}: {name} exists at sizes {sorted(md5s)}.")
+    filename = medmnist_filename(name, size)
+    target = root / filename
+    if check_integrity(str(target), md5s[size]):
+        return target
+    url = f"{ZENODO}/{filename}?download=1"
+    try:
+        download_url(url, str(root), filename=filename, md5=md5s[size])
+    except Exception as err:  # no network, proxy, checksum mismatch
+        raise DataError(
+            f"Cannot download {name} ({size} px) from {url}: {err.__class__.__name__}: {err}\n"
+            f"  Put {filename} into {root}/ and run again, or give a local file: data.path=/path/to/{filename}"
+        ) from None
+    return target
+
+
+class MedMNISTDataModule(MedicalImageDataModule):
+    """path: a local .npz (used as it is, any checksum). Otherwise name + size: the official file in
+    `download_dir`, downloaded when missing. class_names: optional names for the integer labels."""
+
+    def __init__(
+        self,
+        path: str | None = None,
+        name: str | None = None,
+        size: int = 28,
+        download_dir: str = "data/medmnist",
+        class_names: list[str] | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.path = Path(path).expanduser().resolve() if path else None
+        self.name = name
+        self.size = size
+        self.download_dir = Path(download_dir).expanduser().resolve()
+        self.class_names = list(class_names) if class_names else None
+
+    def describe_source(self) -> dict:
+        return {
+            "type": "medmnist",
+            "path": str(self.path) if self.path else None,
+            "name": self.name,
+            "size": self.size,
+        }
+
+    def prepare_data(self) -> None:
+        if self.path is None:
+            if not self.name:
+                raise DataError(
+                    "data=medmnist needs data.path=FILE.npz or data.name=<medmnist set> (e.g. pneumoniamnist)."
+                )
+            self.download_dir.mkdir(parents=True, exist_ok=True)
+            download_medmnist(self.name, self.size, self.download_dir)
+
+    def _file(self) -> Path:
+        if self.path is not None:
+            if not self.path.is_file():
+                raise DataError(f"data.path={self.path}: no such file. Give a MedMNIST-style .npz file.")
+            return self.path
+        self.prepare_data()
+        return self.download_dir / medmnist_filename(self.name, self.size)
+
+    def load_splits(self) -> SplitData:
+        file = self._file()
+        with np.load(file) as npz:
+            needed = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")]
+            missing = [k for k in needed if k not in npz.files]
+            if missing:
+                raise DataError(f"{file}: keys {missing} are missing; a MedMNIST .npz has {needed}.")
+            splits = {}
+            for s in SPLITS:
+                images = npz[f"{s}_images"]
+                labels = npz[f"{s}_labels"].reshape(len(images), -1)
+                if labels.shape[1] != 1:
+                    raise DataError(
+                        f"{file}: {s}_labels has {labels.shape[1]} columns; multi-label sets are not supported."
+                    )
+                if images.dtype != np.uint8:
+                    raise DataError(f"{file}: {s}_images is {images.dtype}; expected uint8 images.")
+                splits[s] = Split(labels=labels[:, 0].astype(np.int64), images=images)
+        num_classes = int(max(s.labels.max() for s in splits.values())) + 1
+        names = self.class_names or (MEDMNIST[self.name][0] if self.name in MEDMNIST else None)
+        classes = names or [str(i) for i in range(num_classes)]
+        if len(classes) < num_classes:
+            raise DataError(
+                f"data.class_names has {len(classes)} names but {file} has labels up to {num_classes - 1}."
+            )
+        images = splits["train"].images
+        channels = 1 if images.ndim == 3 or images.shape[-1] == 1 else images.shape[-1]
+        h, w = images.shape[1:3]
+        return SplitData(
+            classes=list(classes), splits=splits, channels=channels, sizes={"height": [h, h], "width": [w, w]}
+        )

@@ -1,0 +1,158 @@
+"""The report of a model on an evaluated split (the test split after training; any split in
+medtransfer-eval): calibration (ECE, reliability diagram), the operating point (ROC and precision-recall
+curves, sensitivity and specificity at the threshold), bootstrap intervals of AUROC and accuracy, and the
+per-class table. Figures go to the run dir as PNG and to TensorBoard; numbers come back for metrics.json.
+
+Metric keys (split = test, val …): <split>/ece (the model without temperature), <split>/ece_calibrated
+(with the fitted temperature, when there is one), threshold, <split>/sensitivity_at_threshold,
+<split>/specificity_at_threshold (binary, with a threshold), <split>/auroc_ci_low/high, <split>/acc_ci_low/high."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+
+from medtransfer.evaluation.calibration import (
+    expected_calibration_error,
+    reliability_bins,
+    scaled_probabilities,
+)
+from medtransfer.evaluation.confidence_intervals import auroc, bootstrap_intervals
+from medtransfer.evaluation.operating_point import rates_at_threshold
+from medtransfer.evaluation.per_class_report import per_class_rows, to_markdown, write_csv
+from medtransfer.evaluation.plots import pr_figure, reliability_figure, roc_figure
+
+
+def decision_text(model) -> str:
+    """How the model turns probabilities into a class, in words."""
+    threshold = model.threshold
+    if threshold is None:
+        return "the class with the highest probability"
+    op = model.operating_point or {}
+    how = f"{op.get('rule')} on the validation split"
+    if op.get("target_sensitivity"):
+        how += f", target sensitivity {op['target_sensitivity']}"
+    return f"{model.class_names[1]} when its probability ≥ {threshold:.4g} ({how})"
+
+
+def report_metrics(model, probs, targets, logits, split: str, samples: int, seed: int) -> dict[str, float]:
+    metrics = {f"{split}/ece": expected_calibration_error(scaled_probabilities(logits), targets)}
+    if model.calibration:
+        metrics[f"{split}/ece_calibrated"] = expected_calibration_error(probs, targets)
+    threshold = model.threshold
+    if threshold is not None:
+        sensitivity, specificity = rates_at_threshold(probs[:, 1], targets, threshold)
+        metrics["threshold"] = float(threshold)
+        metrics[f"{split}/sensitivity_at_threshold"] = sensitivity
+        metrics[f"{split}/specificity_at_threshold"] = specificity
+    for name, (low, high) in bootstrap_intervals(probs, targets, samples, seed).items():
+        metrics[f"{split}/{name}_ci_low"] = low
+        metrics[f"{split}/{name}_ci_high"] = high
+    return metrics
+
+
+def figures(model, probs, targets, logits, split: str, metrics: dict[str, float]) -> dict[str, plt.Figure]:
+    """{file stem: figure}: reliability_diagram, and for binary tasks roc_curve and pr_curve. `metrics`:
+    what report_metrics computed (the ECEs and the rates at the threshold are not computed again)."""
+    curves = {}
+    curves["uncalibrated" if model.calibration else "model"] = {
+        **reliability_bins(scaled_probabilities(logits), targets),
+        "ece": metrics[f"{split}/ece"],
+    }
+    if model.calibration:
+        curves[f"temperature {model.temperature:.3g}"] = {
+            **reliability_bins(probs, targets),
+            "ece": metrics[f"{split}/ece_calibrated"],
+        }
+    out = {"reliability_diagram": reliability_figure(curves, title=f"{split} reliability diagram")}
+    if probs.shape[1] != 2 or targets.min() == targets.max():
+        return out
+    scores, threshold = probs[:, 1], model.threshold
+    fpr, tpr, _ = binary_roc(scores, targets)
+    precision, recall, _ = binary_precision_recall_curve(scores, targets)
+    roc_point = pr_point = None
+    if threshold is not None:
+        sensitivity = metrics[f"{split}/sensitivity_at_threshold"]
+        specificity = metrics[f"{split}/specificity_at_threshold"]
+        predicted = scores >= threshold
+        precision_at = float((targets[predicted] == 1).float().mean()) if predicted.any() else 1.0
+        roc_point = (1 - specificity, sensitivity, threshold)
+        pr_point = (sensitivity, precision_at, threshold)
+    positive = model.class_names[1]
+    out["roc_curve"] = roc_figure(
+        fpr.numpy(), tpr.numpy(), auroc(probs, targets), roc_point, title=f"{split} ROC ({positive})"
+    )
+    out["pr_curve"] = pr_figure(
+        precision.numpy(),
+        recall.numpy(),
+        float((targets == 1).float().mean()),
+        pr_point,
+        title=f"{split} precision-recall ({positive})",
+    )
+    return out
+
+
+def write_per_class_report(model, probs, targets, split: str, output_dir: Path) -> None:
+    rows = per_class_rows(model.decide(probs).numpy(), targets.numpy(), model.class_names)
+    write_csv(rows, output_dir / "per_class_report.csv")
+    notes = [
+        f"{len(targets)} {split} images; rows: true class, `predicted …`: the confusion matrix.",
+        f"Predicted class: {decision_text(model)}.",
+    ]
+    if model.calibration:
+        notes.append(
+            f"Probabilities with temperature {model.temperature:.4g} (fitted on the validation split)."
+        )
+    (output_dir / "per_class_report.md").write_text(to_markdown(rows, f"Per-class report ({split})", notes))
+
+
+def write_decision_settings(model, output_dir: Path) -> None:
+    """calibration.json and operating_point.json: what the checkpoint applies, with how it was chosen."""
+    for name, settings in (("calibration", model.calibration), ("operating_point", model.operating_point)):
+        if settings:
+            (output_dir / f"{name}.json").write_text(json.dumps(settings, indent=2))
+
+
+def evaluation_report(
+    model,
+    split: str,
+    output_dir: str | Path | None,
+    loggers: Iterable[Logger] = (),
+    step: int = 0,
+    bootstrap_samples: int = 1000,
+    bootstrap_seed: int = 0,
+) -> dict[str, float]:
+    """Metrics of `model.predictions["test"]` and `model.logits["test"]` (the last test run) reported under
+    `split`; files into `output_dir`, figures into the TensorBoard loggers. Call on rank zero."""
+    if "test" not in model.predictions:
+        return {}
+    probs, targets = model.predictions["test"]
+    probs, targets, logits = probs.float(), targets.long(), model.logits["test"].float()
+    metrics = report_metrics(model, probs, targets, logits, split, bootstrap_samples, bootstrap_seed)
+    figs = figures(model, probs, targets, logits, split, metrics)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_per_class_report(model, probs, targets, split, output_dir)
+    for name, fig in figs.items():
+        if output_dir is not None:
+            fig.savefig(output_dir / f"{name}.png", dpi=120)
+        for logger in loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(f"{split}/{name}", fig, global_step=step, close=False)
+        plt.close(fig)
+    return metrics
+
+
+def log_scalars(loggers: Iterable[Logger], metrics: dict[str, float], step: int) -> None:
+    """The report's numbers as scalars too (TensorBoard's HPARAMS table reads metric values from them)."""
+    if not metrics:
+        return
+    for logger in loggers:
+        logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        logger.save()

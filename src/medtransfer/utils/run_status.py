@@ -1,0 +1,83 @@
+"""Running one job of an entry point: a clean message for errors the user can fix, and status.json in the
+run dir (completed with wall time, or failed with the error and a traceback file)."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from medtransfer.utils.console import print_error
+from medtransfer.utils.errors import UserError
+
+
+def _is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+@rank_zero_only
+def write_status(output_dir: str | Path, status: str, wall_time_s: float, **extra: Any) -> None:
+    path = Path(output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "status.json").write_text(
+        json.dumps({"status": status, "wall_time_s": round(wall_time_s, 2), **extra}, indent=2)
+    )
+
+
+def user_error(err: BaseException) -> UserError | None:
+    """The UserError behind `err`, also when Hydra's instantiate wrapped it."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
+    """Call `fn`. A UserError becomes a short message (exit code 2 in a single run); inside a multirun any
+    failure is recorded and the sweep goes on with the next job (the job returns NaN)."""
+    start = time.time()
+    try:
+        result = fn()
+    except (KeyboardInterrupt, SystemExit) as err:
+        # Ctrl-C (Lightning turns it into SystemExit) or SIGTERM (SIGTERMException): last.ckpt was saved
+        # on the way out (SaveOnInterrupt); a sweep stops too
+        # a run that can be continued says how (medtransfer-eval and -predict are simply run again)
+        resumable = (Path(output_dir) / "checkpoints" / "last.ckpt").is_file()
+        extra = {"resume": f"medtransfer-train resume={output_dir}"} if resumable else {}
+        write_status(output_dir, "interrupted", time.time() - start, **extra)
+        raise SystemExit(143 if isinstance(err, SIGTERMException) else 130) from None
+    except Exception as err:
+        trace = Path(output_dir) / "traceback.txt"
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        trace.write_text(traceback.format_exc())
+        write_status(
+            output_dir,
+            "failed",
+            time.time() - start,
+            error=f"{err.__class__.__name__}: {err}",
+            traceback=str(trace),
+        )
+        cause = user_error(err)
+        if cause is not None:
+            print_error(str(cause))
+            if not _is_multirun():
+                raise SystemExit(2) from None
+        elif not _is_multirun():
+            raise
+        else:
+            print_error(
+                f"{err.__class__.__name__}: {err}\n(traceback in {trace})",
+                title="job failed; the sweep goes on",
+            )
+        return float("nan")
+    write_status(output_dir, "completed", time.time() - start)
+    return result
