@@ -12,21 +12,22 @@ import time
 
 import torch
 
+from medtransfer.finetune.strategies import Full, LinearProbe
 from medtransfer.models.classifier import Classifier
 
-STRATEGIES = {
-    "full": {"_target_": "medtransfer.finetune.strategies.Full"},
-    "linear_probe": {"_target_": "medtransfer.finetune.strategies.LinearProbe"},
-}
+STRATEGIES = {"full": Full, "linear_probe": LinearProbe}
 
 
 def make(strategy: str, channels: int) -> tuple[Classifier, torch.optim.Optimizer]:
     torch.manual_seed(0)
     model = Classifier(
-        backbone="resnet18", weights=None, num_classes=2, in_channels=channels, finetune=STRATEGIES[strategy]
+        backbone="resnet18",
+        weights=None,
+        num_classes=2,
+        in_channels=channels,
+        finetune=STRATEGIES[strategy](),
     ).train()
-    optimizer = torch.optim.AdamW(model.param_groups(lr=1e-3, weight_decay=0.05))
-    return model, optimizer
+    return model, model.configure_optimizers()
 
 
 def step(model: Classifier, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:

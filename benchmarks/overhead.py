@@ -160,7 +160,7 @@ class Medtransfer:
         torch.manual_seed(0)
         cfg = self.cfg
         model = build_model(cfg, data)  # sized by the data module, as medtransfer-train does
-        trainer = build_trainer(cfg, model, self.run_dir)
+        trainer = build_trainer(cfg, model)
         timer = TrainingLoopTimer()
         trainer.callbacks.insert(0, timer)  # before the checkpoint callbacks, which Lightning puts last
         start = time.perf_counter()

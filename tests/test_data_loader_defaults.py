@@ -3,8 +3,6 @@ where the model already uses them all (the CPU trains)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from medtransfer.data import datamodule as dm
@@ -31,7 +29,7 @@ def test_loaders_for_a_cpu_trainer_use_no_workers_and_no_pinning(train_config, f
         "data.num_workers=auto", "data.cache=none", data=["data=folder", f"data.root={folder_tree}"]
     )
     datamodule = build_data(cfg)
-    datamodule.trainer = build_trainer(cfg, build_model(cfg, datamodule), Path(cfg.paths.output_dir))
+    datamodule.trainer = build_trainer(cfg, build_model(cfg, datamodule))
     loader = datamodule.train_dataloader()
     assert loader.num_workers == 0 and not loader.pin_memory and not loader.persistent_workers
     assert datamodule.dataloader("val").num_workers == 0

@@ -5,7 +5,6 @@ features really are fixed."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,7 +76,7 @@ def setup_run(train_config, *overrides: str):
     cfg = train_config(*overrides)
     datamodule = build_data(cfg)
     model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg, model, Path(cfg.paths.output_dir))
+    trainer = build_trainer(cfg, model)
     return datamodule, model, trainer
 
 

@@ -24,9 +24,7 @@ def test_grayscale_stem_equals_rgb_model_on_copied_image():
 
 
 def test_head_is_sized_by_the_data_and_replaceable():
-    model = Classifier(
-        num_classes=5, in_channels=1, head={"_target_": "medtransfer.models.heads.MLPHead", "hidden": 32}
-    )
+    model = Classifier(num_classes=5, in_channels=1, head={"name": "mlp", "hidden": 32})
     assert model.head[-1].out_features == 5 and model.head[0].in_features == 512
     assert model.backbone.conv1.in_channels == 1
     assert model(torch.rand(3, 1, 32, 32)).shape == (3, 5)

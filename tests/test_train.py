@@ -127,10 +127,38 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(train_config)
     cfg = train_config("trainer.log_every_n_steps=50", "trainer.max_epochs=3")
     datamodule = build_data(cfg)
     model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg, model, Path(cfg.paths.output_dir))
+    trainer = build_trainer(cfg, model)
     trainer.callbacks.insert(0, PoisonHead())
     with pytest.raises(NonFiniteLossError, match=r"at step 6 \(checked at epoch 1, step 12\)"):
         trainer.fit(model, datamodule=datamodule)
     last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert last["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values())
+
+
+def test_callbacks_none_trains_and_writes_no_extra_files(train_config):
+    cfg = train_config("callbacks=none", "trainer.max_epochs=1")
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    written = {p.relative_to(run).parts[0] for p in run.rglob("*") if p.is_file()}
+    assert written == {"metrics.json", "tensorboard"}  # no checkpoint, run file, figure or report
+    assert "test/auroc" in metrics and "test/ece" not in metrics  # the test report is a callback
+
+
+def test_the_log_file_holds_the_console_tables_and_every_warning(tmp_path, npz_file):
+    from conftest import run_train_cli
+
+    result = run_train_cli(tmp_path, npz_file, "trainer.log_every_n_steps=50")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (log,) = (tmp_path / "outputs" / "train" / "runs").glob("*/train.log")
+    text = log.read_text()
+    for shown in (
+        "data details",
+        "layer groups (full, bn=frozen)",
+        "│ layer3 ",
+        "│ test/auroc ",
+        "│ epochs ",
+    ):
+        assert shown in text, shown
+    # Lightning's warning about the logging interval (6 batches < log_every_n_steps) went to the log file
+    assert "[py.warnings][WARNING]" in text and "smaller than the logging interval" in text

@@ -180,9 +180,7 @@ def test_report_of_a_three_class_model_has_no_threshold_and_no_roc(tmp_path):
     g = torch.Generator().manual_seed(0)
     targets = torch.arange(60) % 3
     logits = 3 * torch.nn.functional.one_hot(targets, 3).float() + torch.randn(60, 3, generator=g)
-    model.logits["test"] = logits
-    model.predictions["test"] = (scaled_probabilities(logits), targets)
-    metrics = evaluation_report(model, "test", tmp_path, bootstrap_samples=200)
+    metrics = evaluation_report(model, logits, targets, "test", tmp_path, bootstrap_samples=200)
     assert set(metrics) == {
         "test/ece",
         "test/auroc_ci_low",

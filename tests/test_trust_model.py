@@ -84,8 +84,8 @@ def trusted_run(tmp_path_factory, presence_data):
             f"data.image_size={SIZE}",
             "data.augment=null",
             "trainer.max_epochs=4",
-            "explain.images=4",
-            "bootstrap.samples=300",
+            "callbacks.explanations.images=4",
+            "callbacks.test_report.bootstrap_samples=300",
         ],
     )
     return out, train(cfg)

@@ -1,7 +1,7 @@
 """`medtransfer-eval ckpt_path=PATH [split=test] [data=... data.*=...]`: metrics of a checkpoint on a split,
-written to metrics.json, with the confusion matrix, the reliability diagram, ROC and precision-recall curves
-as PNG and the per-class report, in the eval run's own directory. The checkpoint's temperature and threshold
-(fitted after training) are applied."""
+from one eval-mode pass over it, written to metrics.json with the split's report (confusion matrix,
+reliability diagram, ROC and precision-recall curves, per-class report) in the eval run's own directory,
+every key and file named by the split. The checkpoint's temperature and threshold are applied."""
 
 from __future__ import annotations
 
@@ -9,27 +9,33 @@ import json
 from pathlib import Path
 
 import hydra
-import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from medtransfer.callbacks.confusion_matrix import ConfusionMatrix
-from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule
+from medtransfer.data.datamodule import MedicalImageDataModule
+from medtransfer.data.splits import SPLITS
+from medtransfer.evaluation.metrics import classification_metrics
 from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
-from medtransfer.models.checkpoint import load_classifier
+from medtransfer.models.checkpoint import DATA_SOURCES, load_classifier
 from medtransfer.models.classifier import Classifier
-from medtransfer.utils.console import print_metrics
+from medtransfer.utils.console import print_metrics, setup_logging
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR
 from medtransfer.utils.run_status import run_job
 
 
 def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalImageDataModule:
-    """The data given on the command line, else the data the checkpoint was trained on; preprocessed as
-    the checkpoint's model expects."""
+    """The data given on the command line, else the data the checkpoint was trained on (a data source of
+    the project's, named in DATA_SOURCES); preprocessed as the checkpoint's model expects."""
     config = OmegaConf.create(model.hparams.data_config) if data_cfg is None else data_cfg
     if config is None:
         raise ConfigError("The checkpoint carries no data config: give one, e.g. data=folder data.root=DIR.")
+    if config.get("_target_") not in DATA_SOURCES:
+        raise ConfigError(
+            f"The data config names {config.get('_target_')!r}, not one of medtransfer's data sources "
+            f"({', '.join(DATA_SOURCES)}): give the data on the command line, e.g. data=folder data.root=DIR."
+        )
     datamodule = instantiate(config, image_size=model.preprocessing["image_size"])
     datamodule.prepare_data()
     datamodule.setup()
@@ -41,50 +47,56 @@ def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalIma
     return datamodule
 
 
+def device_of(accelerator: str) -> torch.device:
+    """trainer.accelerator (cpu | gpu | cuda | auto) as a device."""
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if on_gpu else "cpu")
+
+
+def split_metrics(
+    model: Classifier, logits: torch.Tensor, targets: torch.Tensor, split: str, batch_size: int
+):
+    """The metrics a test epoch logs (acc, auroc …, and the loss averaged over batches of `batch_size` as
+    Lightning averages it), of the deployed model (temperature applied), named `<split>/…`."""
+    scaled = logits / model.temperature
+    metrics = classification_metrics(model.hparams.num_classes, prefix=f"{split}/")
+    values = {k: float(v) for k, v in metrics(scaled.softmax(dim=1), targets).items()}
+    with torch.no_grad():
+        losses = [
+            (len(y), float(model.loss(s, y)))
+            for s, y in zip(scaled.split(batch_size), targets.split(batch_size), strict=True)
+        ]
+    values[f"{split}/loss"] = sum(n * loss for n, loss in losses) / len(targets)
+    return values
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}: use one of {', '.join(SPLITS)}.")
     output_dir = Path(cfg.paths.output_dir)
     model = load_classifier(cfg.ckpt_path)
     datamodule = datamodule_for(model, cfg.get("data"))
-    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
-    trainer: L.Trainer = instantiate(
-        cfg.trainer,
-        logger=loggers or False,
-        callbacks=[ConfusionMatrix(str(output_dir), split="test")],
-        enable_progress_bar=False,
-    )
     loader = datamodule.dataloader(cfg.split)
-    results = trainer.test(model, dataloaders=loader, verbose=False)[0]
-    # test_step names metrics test/*; report them under the split that was evaluated
-    metrics = {f"{cfg.split}/{k.split('/', 1)[1]}": float(v) for k, v in results.items()}
-    if trainer.is_global_zero:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        bootstrap = cfg.get("bootstrap") or {}
-        metrics.update(
-            evaluation_report(
-                model,
-                cfg.split,
-                output_dir,
-                trainer.loggers,
-                bootstrap_samples=int(bootstrap.get("samples", 0)),
-                bootstrap_seed=int(bootstrap.get("seed", 0)),
-            )
-        )
-        write_decision_settings(model, output_dir)
-        (output_dir / "metrics.json").write_text(
-            json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2)
-        )
-        if cfg.split != "test":
-            png = output_dir / "confusion_matrix_test.png"
-            if png.exists():
-                png.rename(output_dir / f"confusion_matrix_{cfg.split}.png")
-        print_metrics(metrics, title=f"{cfg.split} metrics of {cfg.ckpt_path}")
+    logits, targets = model.to(device_of(cfg.trainer.accelerator)).collect_logits(loader)
+    model.cpu()
+    metrics = split_metrics(model, logits, targets, cfg.split, loader.batch_size)
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
+    bootstrap = cfg.get("bootstrap") or {}
+    samples, seed = int(bootstrap.get("samples", 0)), int(bootstrap.get("seed", 0))
+    metrics.update(
+        evaluation_report(model, logits, targets, cfg.split, output_dir, loggers, 0, samples, seed)
+    )
+    write_decision_settings(model, output_dir)
+    (output_dir / "metrics.json").write_text(
+        json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2)
+    )
+    print_metrics(metrics, title=f"{cfg.split} metrics of {cfg.ckpt_path}")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
 def main(cfg: DictConfig) -> None:
+    setup_logging()
     run_job(lambda: evaluate(cfg), cfg.paths.output_dir)
 
 

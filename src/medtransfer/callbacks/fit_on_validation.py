@@ -9,6 +9,7 @@ probabilities, which are what the deployed model thresholds."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -20,8 +21,10 @@ from medtransfer.evaluation.calibration import (
     scaled_probabilities,
 )
 from medtransfer.evaluation.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
+from medtransfer.evaluation.split_report import write_decision_settings
 from medtransfer.models.checkpoint import add_to_checkpoint, load_classifier
-from medtransfer.utils.console import console
+
+log = logging.getLogger(__name__)
 
 
 def fit_on_validation(
@@ -33,15 +36,13 @@ def fit_on_validation(
     if calibrate:
         temperature = fit_temperature(logits, targets)
         if bool((logits.argmax(1) == targets).all()):
-            console.print(
-                "[yellow]calibrate: the best checkpoint makes no mistake on the validation split, so "
-                f"temperature scaling can only sharpen it (T = {temperature:.3g}); a larger validation split "
-                "gives a temperature to trust.[/yellow]"
+            log.warning(
+                "calibrate: the best checkpoint makes no mistake on the validation split, so temperature "
+                "scaling can only sharpen it (T = %.3g); a larger validation split gives a temperature to trust.",
+                temperature,
             )
         elif not TEMPERATURE_BOUNDS[0] < temperature < TEMPERATURE_BOUNDS[1]:
-            console.print(
-                f"[yellow]calibrate: the temperature stopped at its bound ({temperature:.3g}).[/yellow]"
-            )
+            log.warning("calibrate: the temperature stopped at its bound (%.3g).", temperature)
         calibration = {
             "temperature": temperature,
             "val_ece_before": expected_calibration_error(probs, targets),
@@ -53,7 +54,7 @@ def fit_on_validation(
         scores = probs[:, 1]
         threshold = choose_threshold(scores, targets, rule, target_sensitivity)
         if threshold is None:
-            console.print("[yellow]threshold: the validation split holds one class; none chosen[/yellow]")
+            log.warning("threshold: the validation split holds one class; none chosen.")
         else:
             sensitivity, specificity = rates_at_threshold(scores, targets, threshold)
             operating_point = {
@@ -68,12 +69,19 @@ def fit_on_validation(
 
 class FitOnValidation(L.Callback):
     """calibrate: fit a temperature. threshold_rule: youden | sensitivity | None (binary tasks only).
-    target_sensitivity: for threshold_rule=sensitivity."""
+    target_sensitivity: for threshold_rule=sensitivity. output_dir: where calibration.json and
+    operating_point.json go (what best.ckpt applies, with how it was chosen); the fitted numbers are also
+    logged as scalars (val/temperature, threshold …)."""
 
     def __init__(
-        self, calibrate: bool = False, threshold_rule: str | None = "youden", target_sensitivity: float = 0.95
+        self,
+        calibrate: bool = False,
+        threshold_rule: str | None = "youden",
+        target_sensitivity: float = 0.95,
+        output_dir: str | None = None,
     ):
         check_threshold_rule(threshold_rule, target_sensitivity)  # before training, not after it
+        self.output_dir = Path(output_dir) if output_dir else None
         self.calibrate = calibrate
         self.threshold_rule = threshold_rule
         self.target_sensitivity = target_sensitivity
@@ -102,4 +110,18 @@ class FitOnValidation(L.Callback):
                 add_to_checkpoint(Path(best), calibration=calibration, operating_point=operating_point)
         calibration, operating_point = trainer.strategy.broadcast(fitted, src=0)
         pl_module.calibration, pl_module.operating_point = calibration, operating_point
+        if trainer.is_global_zero:
+            self.write(trainer, calibration, operating_point)
         trainer.strategy.barrier("fit_on_validation")  # best.ckpt is rewritten before any rank reads it
+
+    def write(self, trainer: L.Trainer, calibration: dict | None, operating_point: dict | None) -> None:
+        """The fitted numbers as scalars, and calibration.json / operating_point.json."""
+        scalars = {}
+        if calibration:
+            scalars = {f"val/{k.removeprefix('val_')}": calibration[k] for k in calibration}
+        if operating_point and operating_point.get("threshold") is not None:
+            scalars["threshold"] = operating_point["threshold"]
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=trainer.global_step)
+        if self.output_dir is not None:
+            write_decision_settings(trainer.lightning_module, self.output_dir)

@@ -1,8 +1,10 @@
 """Explanations: Grad-CAM and Grad-CAM++ heatmaps (the maintained `grad-cam` package, imported as
-`pytorch_grad_cam`) on the last block of the ResNet (`backbone.layer4[-1]`), and their overlay on an image.
+`pytorch_grad_cam`) on the layer the model declares for it (`model.explanation_layer`: for a ResNet the
+last block), and their overlay on an image.
 
 A heatmap says which regions of the image raised the score (logit) of one class; its resolution is that
-of layer4 (the input side / 32), upsampled to the image. It shows where the network looked, not why."""
+of the explained layer (for a ResNet the input side / 32), upsampled to the image. It shows where the
+network looked, not why (Selvaraju et al., ICCV 2017; Grad-CAM++: Chattopadhay et al., WACV 2018)."""
 
 from __future__ import annotations
 
@@ -59,9 +61,9 @@ def heatmaps(
         with (
             torch.inference_mode(False),
             torch.enable_grad(),
-            cam_class(model=wrapper, target_layers=[model.backbone.layer4[-1]]) as cam,
+            cam_class(model=wrapper, target_layers=[model.explanation_layer]) as cam,
         ):
-            # an input that requires grad puts layer4's output in the graph also when the weights are frozen
+            # an input that requires grad puts the layer's output in the graph also when the weights are frozen
             maps = cam(input_tensor=images.detach().clone().requires_grad_(True), targets=targets)
     finally:
         model.zero_grad(set_to_none=True)

@@ -1,7 +1,8 @@
 """The report of a model on an evaluated split (the test split after training; any split in
-medtransfer-eval): calibration (ECE, reliability diagram), the operating point (ROC and precision-recall
-curves, sensitivity and specificity at the threshold), bootstrap intervals of AUROC and accuracy, and the
-per-class table. Figures go to the run dir as PNG and to TensorBoard; numbers come back for metrics.json.
+medtransfer-eval), from its logits and targets: the confusion matrix, calibration (ECE, reliability
+diagram), the operating point (ROC and precision-recall curves, sensitivity and specificity at the
+threshold), bootstrap intervals of AUROC and accuracy, and the per-class table. Figures go to the run dir
+as PNG (confusion_matrix_<split>.png …) and to TensorBoard; numbers come back for metrics.json.
 
 Metric keys (split = test, val …): <split>/ece (the model without temperature), <split>/ece_calibrated
 (with the fitted temperature, when there is one), threshold, <split>/sensitivity_at_threshold,
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import torch
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
@@ -25,7 +27,13 @@ from medtransfer.evaluation.calibration import (
 from medtransfer.evaluation.confidence_intervals import auroc, bootstrap_intervals
 from medtransfer.evaluation.operating_point import rates_at_threshold
 from medtransfer.evaluation.per_class_report import per_class_rows, to_markdown, write_csv
-from medtransfer.evaluation.plots import pr_figure, reliability_figure, roc_figure
+from medtransfer.evaluation.plots import (
+    confusion_matrix,
+    confusion_matrix_figure,
+    pr_figure,
+    reliability_figure,
+    roc_figure,
+)
 
 
 def decision_text(model) -> str:
@@ -57,8 +65,16 @@ def report_metrics(model, probs, targets, logits, split: str, samples: int, seed
 
 
 def figures(model, probs, targets, logits, split: str, metrics: dict[str, float]) -> dict[str, plt.Figure]:
-    """{file stem: figure}: reliability_diagram, and for binary tasks roc_curve and pr_curve. `metrics`:
-    what report_metrics computed (the ECEs and the rates at the threshold are not computed again)."""
+    """{file stem: figure}: confusion_matrix_<split>, reliability_diagram, and for binary tasks roc_curve
+    and pr_curve. `metrics`: what report_metrics computed (the ECEs and the rates at the threshold are not
+    computed again)."""
+    names = model.class_names
+    matrix = confusion_matrix(
+        probs.numpy(), targets.numpy(), len(names), predictions=model.decide(probs).numpy()
+    )
+    out = {
+        f"confusion_matrix_{split}": confusion_matrix_figure(matrix, names, title=f"{split} confusion matrix")
+    }
     curves = {}
     curves["uncalibrated" if model.calibration else "model"] = {
         **reliability_bins(scaled_probabilities(logits), targets),
@@ -69,7 +85,7 @@ def figures(model, probs, targets, logits, split: str, metrics: dict[str, float]
             **reliability_bins(probs, targets),
             "ece": metrics[f"{split}/ece_calibrated"],
         }
-    out = {"reliability_diagram": reliability_figure(curves, title=f"{split} reliability diagram")}
+    out["reliability_diagram"] = reliability_figure(curves, title=f"{split} reliability diagram")
     if probs.shape[1] != 2 or targets.min() == targets.max():
         return out
     scores, threshold = probs[:, 1], model.threshold
@@ -113,6 +129,7 @@ def write_per_class_report(model, probs, targets, split: str, output_dir: Path) 
 
 def write_decision_settings(model, output_dir: Path) -> None:
     """calibration.json and operating_point.json: what the checkpoint applies, with how it was chosen."""
+    output_dir.mkdir(parents=True, exist_ok=True)
     for name, settings in (("calibration", model.calibration), ("operating_point", model.operating_point)):
         if settings:
             (output_dir / f"{name}.json").write_text(json.dumps(settings, indent=2))
@@ -120,6 +137,8 @@ def write_decision_settings(model, output_dir: Path) -> None:
 
 def evaluation_report(
     model,
+    logits: torch.Tensor,
+    targets: torch.Tensor,
     split: str,
     output_dir: str | Path | None,
     loggers: Iterable[Logger] = (),
@@ -127,12 +146,11 @@ def evaluation_report(
     bootstrap_samples: int = 1000,
     bootstrap_seed: int = 0,
 ) -> dict[str, float]:
-    """Metrics of `model.predictions["test"]` and `model.logits["test"]` (the last test run) reported under
-    `split`; files into `output_dir`, figures into the TensorBoard loggers. Call on rank zero."""
-    if "test" not in model.predictions:
-        return {}
-    probs, targets = model.predictions["test"]
-    probs, targets, logits = probs.float(), targets.long(), model.logits["test"].float()
+    """The report of `model` (its class names, temperature and threshold) on a split's raw logits
+    (N, classes; before the temperature) and targets (N,), its keys and files named by `split`; files
+    into `output_dir`, figures into the TensorBoard loggers. Call on rank zero."""
+    logits, targets = logits.float().cpu(), targets.long().cpu()
+    probs = scaled_probabilities(logits, model.temperature)
     metrics = report_metrics(model, probs, targets, logits, split, bootstrap_samples, bootstrap_seed)
     figs = figures(model, probs, targets, logits, split, metrics)
     if output_dir is not None:
@@ -144,7 +162,8 @@ def evaluation_report(
             fig.savefig(output_dir / f"{name}.png", dpi=120)
         for logger in loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(f"{split}/{name}", fig, global_step=step, close=False)
+                tag = f"{split}/{name.removesuffix('_' + split)}"
+                logger.experiment.add_figure(tag, fig, global_step=step, close=False)
         plt.close(fig)
     return metrics
 

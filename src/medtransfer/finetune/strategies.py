@@ -1,17 +1,15 @@
 """Freezing strategies: which layer groups train at a given epoch, how BatchNorm behaves in frozen
-groups, and each group's learning rate as a multiple of the head's.
+groups, and each group's learning-rate scale (a multiple of the head's lr).
 
-A strategy is a pure function of the epoch, so it is right after a resume and on every DDP rank
-without any state of its own (the bugs of Lightning's BaseFinetuning come from keeping such state)."""
+A strategy is generic over the group names its model declares (`bind`: ordered from the input to the
+head, the head last), and a pure function of the epoch, so it is right after a resume and on every DDP
+rank without any state of its own (the bugs of Lightning's BaseFinetuning come from keeping such state)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from medtransfer.models.anatomy import LAYER_GROUPS
 from medtransfer.utils.errors import ConfigError
-
-BACKBONE_GROUPS = LAYER_GROUPS[:-1]
 
 
 class FreezingStrategy:
@@ -20,9 +18,14 @@ class FreezingStrategy:
     bn: `frozen` (BatchNorm of frozen groups in eval mode: running statistics and affine parameters
         unchanged) or `train` (they keep normalizing with batch statistics and their affine parameters
         train, as fastai's train_bn).
-    lr_mult: explicit multipliers of the head's lr per group, e.g. {stem: 0.01, layer4: 0.3}.
-    layer_decay: geometric spread from the head down (timm): group k below the head gets decay**k.
-    lr_spread: fastai's slice(lr / lr_spread, lr): geometric from the stem (lr / lr_spread) to the head.
+    lr_mult: explicit multipliers of the head's lr per group name, e.g. {stem: 0.01}.
+    layer_decay: geometric spread from the head down (timm's param_groups_layer_decay): group k below
+        the head gets decay**k.
+    lr_spread: fastai's slice(lr / lr_spread, lr): geometric from the first group (lr / lr_spread) to
+        the head (Howard & Gugger, fastai, 2020).
+    base_lr: the base lr the strategy is known to work with (fastai's 2e-3); the optimizer configs take
+        it as their default lr (conf/optimizer/), it is not used here.
+    Raises ConfigError for an unknown bn, several lr rules at once, or (at `bind`) unknown group names.
     """
 
     static = True  # the trainable set never changes during the run
@@ -33,40 +36,54 @@ class FreezingStrategy:
         lr_mult: Mapping[str, float] | None = None,
         layer_decay: float | None = None,
         lr_spread: float | None = None,
+        base_lr: float | None = None,
     ):
         if bn not in ("frozen", "train"):
             raise ConfigError(f"finetune.bn={bn!r}: use 'frozen' or 'train'.")
         if sum(x is not None and x != {} for x in (lr_mult, layer_decay, lr_spread)) > 1:
             raise ConfigError("finetune: give at most one of lr_mult, layer_decay and lr_spread.")
-        unknown = set(lr_mult or {}) - set(LAYER_GROUPS)
-        if unknown:
-            raise ConfigError(
-                f"finetune.lr_mult: unknown groups {sorted(unknown)}; groups are {list(LAYER_GROUPS)}."
-            )
         self.bn = bn
         self.lr_mult = dict(lr_mult or {})
         self.layer_decay = layer_decay
         self.lr_spread = lr_spread
+        self.base_lr = base_lr
+        self.groups: tuple[str, ...] = ()
+
+    def bind(self, groups: Sequence[str]) -> FreezingStrategy:
+        """Use the model's layer-group names, ordered from the input to the head (the last one)."""
+        self.groups = tuple(groups)
+        unknown = set(self.lr_mult) - set(self.groups)
+        if unknown:
+            raise ConfigError(
+                f"finetune.lr_mult: unknown groups {sorted(unknown)}; groups are {list(self.groups)}."
+            )
+        return self
+
+    @property
+    def backbone_groups(self) -> tuple[str, ...]:
+        """Every group but the head."""
+        return self.groups[:-1]
+
+    @property
+    def head(self) -> str:
+        return self.groups[-1]
 
     @property
     def name(self) -> str:
         return type(self).__name__.lower()
 
     def trainable(self, epoch: int) -> frozenset[str]:
-        return frozenset(LAYER_GROUPS)
+        return frozenset(self.groups)
 
-    def lr_multipliers(self) -> dict[str, float]:
-        """Each group's lr as a multiple of the head's lr."""
-        depth = {g: len(LAYER_GROUPS) - 1 - i for i, g in enumerate(LAYER_GROUPS)}  # head 0 … stem 5
+    def lr_scales(self) -> dict[str, float]:
+        """Each group's lr as a multiple of the head's lr (the optimizer's base lr)."""
+        depth = {g: len(self.groups) - 1 - i for i, g in enumerate(self.groups)}  # head 0 … first group
         if self.layer_decay is not None:
-            return {g: float(self.layer_decay) ** depth[g] for g in LAYER_GROUPS}
+            return {g: float(self.layer_decay) ** depth[g] for g in self.groups}
         if self.lr_spread is not None:
-            step = float(self.lr_spread) ** (1 / depth["stem"])
-            return {g: step ** -depth[g] for g in LAYER_GROUPS}
-        return {g: float(self.lr_mult.get(g, 1.0)) for g in LAYER_GROUPS}
-
-    def describe(self) -> dict:
-        return {"strategy": self.name, "bn": self.bn, "lr_mult": self.lr_multipliers()}
+            step = float(self.lr_spread) ** (1 / depth[self.groups[0]])
+            return {g: step ** -depth[g] for g in self.groups}
+        return {g: float(self.lr_mult.get(g, 1.0)) for g in self.groups}
 
 
 class Full(FreezingStrategy):
@@ -82,7 +99,7 @@ class LinearProbe(FreezingStrategy):
         super().__init__(**kwargs)
 
     def trainable(self, epoch: int) -> frozenset[str]:
-        return frozenset({"head"})
+        return frozenset({self.head})
 
 
 class Partial(FreezingStrategy):
@@ -90,15 +107,18 @@ class Partial(FreezingStrategy):
 
     def __init__(self, frozen_until: str = "layer2", **kwargs):
         super().__init__(**kwargs)
-        if frozen_until not in BACKBONE_GROUPS:
-            raise ConfigError(f"finetune.frozen_until={frozen_until!r}: use one of {list(BACKBONE_GROUPS)}.")
         self.frozen_until = frozen_until
 
-    def trainable(self, epoch: int) -> frozenset[str]:
-        return frozenset(LAYER_GROUPS[BACKBONE_GROUPS.index(self.frozen_until) + 1 :])
+    def bind(self, groups: Sequence[str]) -> FreezingStrategy:
+        super().bind(groups)
+        if self.frozen_until not in self.backbone_groups:
+            raise ConfigError(
+                f"finetune.frozen_until={self.frozen_until!r}: use one of {list(self.backbone_groups)}."
+            )
+        return self
 
-    def describe(self) -> dict:
-        return {**super().describe(), "frozen_until": self.frozen_until}
+    def trainable(self, epoch: int) -> frozenset[str]:
+        return frozenset(self.groups[self.groups.index(self.frozen_until) + 1 :])
 
 
 class Gradual(FreezingStrategy):
@@ -116,14 +136,10 @@ class Gradual(FreezingStrategy):
 
     def unfrozen_count(self, epoch: int) -> int:
         n = sum(epoch >= e for e in self.at_epochs) if self.at_epochs is not None else epoch // self.every
-        return min(n, len(BACKBONE_GROUPS))
+        return min(n, len(self.backbone_groups))
 
     def trainable(self, epoch: int) -> frozenset[str]:
-        n = self.unfrozen_count(epoch)
-        return frozenset(LAYER_GROUPS[len(BACKBONE_GROUPS) - n :])
-
-    def describe(self) -> dict:
-        return {**super().describe(), "every": self.every, "at_epochs": self.at_epochs}
+        return frozenset(self.groups[len(self.backbone_groups) - self.unfrozen_count(epoch) :])
 
 
 class FastAI(FreezingStrategy):
@@ -137,7 +153,4 @@ class FastAI(FreezingStrategy):
         self.freeze_epochs = freeze_epochs
 
     def trainable(self, epoch: int) -> frozenset[str]:
-        return frozenset({"head"}) if epoch < self.freeze_epochs else frozenset(LAYER_GROUPS)
-
-    def describe(self) -> dict:
-        return {**super().describe(), "freeze_epochs": self.freeze_epochs}
+        return frozenset({self.head}) if epoch < self.freeze_epochs else frozenset(self.groups)

@@ -1,27 +1,29 @@
-"""A row per layer group: parameter count, whether it trains, lr and weight decay."""
+"""The layer-group table printed at the start of training, read from the built optimizer."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
+from torch import nn
 from torch.optim import Optimizer
 
 
 def layer_group_rows(
-    model, optimizer: Optimizer | None = None, lr: float | None = None, weight_decay: float = 0.0
+    groups: Mapping[str, Sequence[nn.Module]], optimizer: Optimizer, trainable: frozenset[str]
 ) -> list[dict]:
-    """From the optimizer's param groups when given, else from the strategy's multipliers of `lr`."""
-    by_name = {g["name"]: g for g in optimizer.param_groups} if optimizer is not None else {}
-    mult = model.strategy.lr_multipliers()
+    """A row per layer group: parameter count, whether it trains now, and the lr and weight decay of its
+    param group in `optimizer` (the weights' group, named as the layer group)."""
+    by_name = {g["name"]: g for g in optimizer.param_groups}
     rows = []
-    for name, modules in model.groups.items():
-        params = [p for m in modules for p in m.parameters()]
-        group = by_name.get(name)
+    for name, modules in groups.items():
+        group = by_name.get(name) or by_name.get(f"{name}/no_decay") or {}
         rows.append(
             {
                 "group": name,
-                "params": sum(p.numel() for p in params),
-                "trainable": "yes" if name in model.trainable_groups else "no",
-                "lr": group["lr"] if group else (lr * mult[name] if lr is not None else None),
-                "weight_decay": group["weight_decay"] if group else weight_decay,
+                "params": sum(p.numel() for m in modules for p in m.parameters()),
+                "trainable": "yes" if name in trainable else "no",
+                "lr": group.get("initial_lr", group.get("lr")),  # before any schedule
+                "weight_decay": group.get("weight_decay"),
             }
         )
     return rows

@@ -1,14 +1,30 @@
-"""The layer groups of a ResNet classifier, from the input to the output."""
+"""The anatomy a model declares (as timm's `group_matcher`): its layer groups from the input to the head,
+and the layer Grad-CAM explains. One function per backbone family; finetune/ and evaluation/ ask the model
+and never name a layer."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
-LAYER_GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")
+
+@dataclass(frozen=True)
+class Anatomy:
+    """groups: name → modules, ordered from the input (the stem, first) to the head (last); every
+    parameter belongs to exactly one group. explanation_layer: the last spatial block (Grad-CAM target)."""
+
+    groups: dict[str, list[nn.Module]]
+    explanation_layer: nn.Module
+
+    @property
+    def stem(self) -> str:
+        return next(iter(self.groups))
 
 
-def layer_groups(backbone: nn.Module, head: nn.Module) -> dict[str, list[nn.Module]]:
-    """`stem` (conv1, bn1), `layer1` … `layer4`, `head`: every parameter belongs to exactly one group."""
+def resnet_anatomy(backbone: nn.Module, head: nn.Module) -> Anatomy:
+    """torchvision ResNets: `stem` (conv1, bn1), `layer1` … `layer4`, `head`; Grad-CAM on layer4's last
+    block (He et al., CVPR 2016)."""
     groups = {
         "stem": [backbone.conv1, backbone.bn1],
         **{f"layer{i}": [getattr(backbone, f"layer{i}")] for i in range(1, 5)},
@@ -18,15 +34,9 @@ def layer_groups(backbone: nn.Module, head: nn.Module) -> dict[str, list[nn.Modu
     stray = [n for n, p in backbone.named_parameters() if id(p) not in owned]
     if stray:
         raise ValueError(f"backbone parameters outside the layer groups: {stray[:5]}")
-    return groups
+    return Anatomy(groups, explanation_layer=backbone.layer4[-1])
 
 
-def group_parameters(modules: list[nn.Module]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(decayed, not decayed): biases and normalization parameters get no weight decay (as timm, fastai)."""
-    decay, no_decay = [], []
-    for module in modules:
-        for sub in module.modules():
-            for name, p in sub.named_parameters(recurse=False):
-                is_norm = isinstance(sub, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm)
-                (no_decay if is_norm or name == "bias" or p.ndim <= 1 else decay).append(p)
-    return decay, no_decay
+# backbone family → its anatomy (every supported backbone is a ResNet: models/backbone.py RESNETS)
+ANATOMIES = {"resnet": resnet_anatomy}
+LAYER_GROUPS = ("stem", "layer1", "layer2", "layer3", "layer4", "head")

@@ -1,5 +1,9 @@
 """Loading a medtransfer checkpoint back into a model, with its data config, preprocessing, temperature and
-threshold; adding what is fitted after training to a checkpoint."""
+threshold; adding what is fitted after training to a checkpoint.
+
+A checkpoint is data: it is read with torch.load(weights_only=True), and what it names is mapped to code
+only through the project's own tables (the heads of models/heads.py, DATA_SOURCES below), never by
+instantiating a stored `_target_`."""
 
 from __future__ import annotations
 
@@ -8,23 +12,39 @@ from pathlib import Path
 
 import torch
 
-from medtransfer.models.classifier import Classifier
+from medtransfer.models.classifier import CHECKPOINT_FORMAT, Classifier
 from medtransfer.utils.errors import ConfigError
+
+# the data modules a checkpoint's data config may name (medtransfer-eval rebuilds its data from it)
+DATA_SOURCES = (
+    "medtransfer.data.sources.folder.FolderDataModule",
+    "medtransfer.data.sources.csv_manifest.CsvDataModule",
+    "medtransfer.data.sources.medmnist.MedMNISTDataModule",
+)
 
 
 def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
     """The trained classifier (eval mode). Pretrained weights are not fetched again: the checkpoint has them.
     The backbone is not compiled (model.compile is for training): evaluation, prediction and Grad-CAM run
-    eagerly, with no warm-up and no compiler needed on the machine."""
+    eagerly, with no warm-up and no compiler needed on the machine. Raises ConfigError for a missing file
+    or a checkpoint of an earlier medtransfer format."""
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"ckpt_path={path}: no such file. Give a checkpoint such as <run dir>/checkpoints/best.ckpt."
         )
-    model = Classifier.load_from_checkpoint(
-        path, map_location=map_location, weights_only=True, weights=None, compile=False
-    )
-    return model.eval()
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    found = (checkpoint.get("medtransfer") or {}).get("format", 1)
+    if found != CHECKPOINT_FORMAT:
+        raise ConfigError(
+            f"ckpt_path={path}: a checkpoint of format {found} (medtransfer < 0.2, which stored code "
+            f"references); this medtransfer ({CHECKPOINT_FORMAT}) reads plain-data checkpoints only. "
+            "Train again, or evaluate it with the medtransfer version that wrote it."
+        )
+    model = Classifier(**{**checkpoint["hyper_parameters"], "weights": None, "compile": False})
+    model.load_state_dict(checkpoint["state_dict"])
+    model.on_load_checkpoint(checkpoint)
+    return model.to(map_location).eval()
 
 
 def add_to_checkpoint(ckpt_path: str | Path, **entries) -> None:

@@ -1,49 +1,48 @@
-"""The LightningModule: a torchvision ResNet, a replaceable head, per-layer-group learning rates and a
-freezing strategy. Every constructor argument is plain data, so a checkpoint rebuilds the model alone."""
+"""The LightningModule: a backbone, a replaceable head, the anatomy they declare, and the training and
+evaluation steps. Its hyper-parameters are plain data (a checkpoint rebuilds the model from them alone);
+the optimizer, scheduler and freezing strategy are ready objects passed in by the entry point."""
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
 from torchmetrics import MaxMetric, MinMetric
 
 from medtransfer.evaluation.calibration import scaled_probabilities
 from medtransfer.evaluation.metrics import classification_metrics
-from medtransfer.finetune.strategies import BACKBONE_GROUPS, FreezingStrategy, Full
-from medtransfer.models.anatomy import LAYER_GROUPS, group_parameters, layer_groups
+from medtransfer.finetune.freezing import freeze_norm_statistics, set_trainable
+from medtransfer.finetune.param_groups import apply_lr_scales, param_groups
+from medtransfer.finetune.strategies import FreezingStrategy, Full
+from medtransfer.finetune.summary import layer_group_rows
+from medtransfer.models.anatomy import ANATOMIES
 from medtransfer.models.backbone import build_backbone, normalization
+from medtransfer.models.heads import build_head
 from medtransfer.models.inference import outputs
+from medtransfer.utils.console import print_table
 from medtransfer.utils.errors import ConfigError, NonFiniteLossError
 
-DEFAULT_HEAD = {"_target_": "medtransfer.models.heads.LinearHead"}
-DEFAULT_OPTIMIZER = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 1e-3, "weight_decay": 0.05}
-
-
-def _plain(value: Any) -> Any:
-    return (
-        OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig | ListConfig) else value
-    )
+# the version of what a checkpoint stores (hyper-parameters and the medtransfer section); 2: plain data
+CHECKPOINT_FORMAT = 2
 
 
 class Classifier(L.LightningModule):
     """Image classifier for transfer learning.
 
     backbone: a torchvision ResNet name. weights: torchvision weight name, None, or a file.
-    head / optimizer / scheduler / finetune: Hydra configs (dicts with `_target_`), instantiated here.
+    head: {"name": linear | mlp, **its arguments} (models/heads.py).
     class_weights: None, "auto" (inverse class frequency, from `class_counts`) or one weight per class.
     monitor / monitor_mode: the optimized metric; its best value is logged as `<monitor>_best`.
-    channels_last: keep the weights and the image batches in channels-last memory format (faster
-    convolutions on GPUs with tensor cores, above all in bf16/fp16); the state dict is the same either way.
+    channels_last: weights and image batches in channels-last memory format (faster convolutions on GPUs
+    with tensor cores); the state dict is the same either way.
     compile: compile the backbone with torch.compile: True, or a mapping of its keyword arguments
     (e.g. {"mode": "max-autotune"}); compiled in place, so the state dict keys do not change.
+    optimizer: a callable taking param groups (a Hydra partial, e.g. AdamW with its lr and weight decay).
+    scheduler: a callable (optimizer, total_steps) → Lightning lr-scheduler dict (finetune/schedulers.py).
+    finetune: the freezing strategy (finetune/strategies.py); everything trains when None.
     """
 
     def __init__(
@@ -54,9 +53,6 @@ class Classifier(L.LightningModule):
         in_channels: int = 3,
         class_names: Sequence[str] | None = None,
         head: Mapping | None = None,
-        optimizer: Mapping | None = None,
-        scheduler: Mapping | None = None,
-        finetune: Mapping | None = None,
         class_weights: str | Sequence[float] | None = None,
         class_counts: Sequence[int] | None = None,
         label_smoothing: float = 0.0,
@@ -66,21 +62,25 @@ class Classifier(L.LightningModule):
         data_config: Mapping | None = None,
         channels_last: bool = False,
         compile: bool | Mapping = False,  # shadows the builtin: it is the config key model.compile
+        optimizer: Callable | None = None,
+        scheduler: Callable | None = None,
+        finetune: FreezingStrategy | None = None,
     ):
         super().__init__()
-        args = {k: _plain(v) for k, v in locals().items() if k not in ("self", "__class__")}
-        self.save_hyperparameters(args)
-        hp = self.hparams
-        self.class_names = list(hp.class_names or [str(i) for i in range(num_classes)])
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "finetune"])
+        self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         if len(self.class_names) != num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for num_classes={num_classes}.")
         mean, std = normalization(backbone, weights, in_channels)
         self.preprocessing = {"image_size": image_size, "in_channels": in_channels, "mean": mean, "std": std}
 
         self.backbone, num_features = build_backbone(backbone, weights, in_channels)
-        self.head = instantiate(hp.head or DEFAULT_HEAD, in_features=num_features, num_classes=num_classes)
-        self.groups = layer_groups(self.backbone, self.head)
-        self.strategy: FreezingStrategy = instantiate(hp.finetune) if hp.finetune else Full()
+        self.head = build_head(head, num_features, num_classes)
+        anatomy = ANATOMIES["resnet"](self.backbone, self.head)
+        self.groups, self.explanation_layer = anatomy.groups, anatomy.explanation_layer
+        self.optimizer_factory = optimizer or partial(torch.optim.AdamW, lr=1e-3, weight_decay=0.05)
+        self.scheduler_factory = scheduler
+        self.strategy = (finetune or Full()).bind(list(self.groups))
         self.register_buffer(
             "loss_weights", self._loss_weights(class_weights, class_counts), persistent=False
         )
@@ -88,10 +88,9 @@ class Classifier(L.LightningModule):
         # buffer: DDP would broadcast it); see check_finite_loss
         self.first_nonfinite_step: torch.Tensor | None = None
 
-        self.trainable_groups = frozenset(LAYER_GROUPS)
+        self.trainable_groups = frozenset(self.groups)
         if self.strategy.static:  # frozen before DDP wraps the model, so DDP never sees those parameters
             self.set_trainable(self.strategy.trainable(0))
-
         if channels_last:
             self.to(memory_format=torch.channels_last)
         if not isinstance(compile, bool | Mapping):
@@ -105,9 +104,6 @@ class Classifier(L.LightningModule):
         self.val_metrics = classification_metrics(num_classes, prefix="val/")
         self.test_metrics = classification_metrics(num_classes, prefix="test/")
         self.best_metric = MaxMetric() if monitor_mode == "max" else MinMetric()
-        self._outputs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
-        self.predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.logits: dict[str, torch.Tensor] = {}  # the same images' logits, before the temperature
         # fitted on the validation split after training (callbacks/fit_on_validation.py), kept in the
         # checkpoint: {"temperature", "val_ece_before", "val_ece_after"} and {"rule", "threshold", ...}
         self.calibration: dict | None = None
@@ -138,8 +134,8 @@ class Classifier(L.LightningModule):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of images (N, C, H, W), or of backbone features (N, F) computed before (the cached
-        features a linear probe trains on: data/feature_datamodule.py)."""
+        """Logits (N, classes) of images (N, C, H, W), or of backbone features (N, F) computed before (the
+        cached features a linear probe trains on: features/)."""
         return self.head(x if x.ndim == 2 else self.features(x))
 
     # ------------------------------------------- calibration and decision
@@ -177,73 +173,42 @@ class Classifier(L.LightningModule):
     # ------------------------------------------------------------- freezing
     @property
     def backbone_frozen(self) -> bool:
-        return self.strategy.bn == "frozen" and not (self.trainable_groups & set(BACKBONE_GROUPS))
+        return self.strategy.bn == "frozen" and self.trainable_groups <= {self.strategy.head}
 
     def set_trainable(self, groups: frozenset[str]) -> None:
-        """Train exactly `groups`; in the others parameters get no gradient (and the optimizer skips
-        them), except BatchNorm's affine parameters when finetune.bn=train."""
+        """Train exactly `groups` (finetune/freezing.py)."""
         self.trainable_groups = frozenset(groups)
-        for name, modules in self.groups.items():
-            trains = name in groups
-            for module in modules:
-                module.requires_grad_(trains)
-                if not trains and self.strategy.bn == "train":
-                    for sub in module.modules():
-                        if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                            sub.requires_grad_(True)
+        set_trainable(self.groups, self.trainable_groups, self.strategy.bn)
         self.train(self.training)
 
     def train(self, mode: bool = True):
         super().train(mode)
         if mode and self.strategy.bn == "frozen":
-            for name, modules in self.groups.items():
-                if name not in self.trainable_groups:
-                    for module in modules:
-                        for sub in module.modules():
-                            if isinstance(sub, nn.modules.batchnorm._BatchNorm):
-                                sub.eval()
+            freeze_norm_statistics(self.groups, self.trainable_groups)
         return self
+
+    def on_train_start(self) -> None:
+        rows = layer_group_rows(
+            self.groups, self.optimizers().optimizer, self.strategy.trainable(self.current_epoch)
+        )
+        print_table(f"layer groups ({self.strategy.name}, bn={self.strategy.bn})", rows)
 
     def on_train_epoch_start(self) -> None:
         if not self.strategy.static:
             self.set_trainable(self.strategy.trainable(self.current_epoch))
-        groups = {g["name"]: g for g in self.optimizers().param_groups}
-        self.log_dict(
-            {f"lr/{n}": groups[n]["lr"] for n in LAYER_GROUPS if n in groups}
-            | {f"trainable/{n}": float(n in self.trainable_groups) for n in LAYER_GROUPS},
-            on_step=False,
-            on_epoch=True,
-            sync_dist=False,
-        )
+        trainable = {f"trainable/{n}": float(n in self.trainable_groups) for n in self.groups}
+        self.log_dict(trainable, on_step=False, on_epoch=True, sync_dist=False)
 
     # ------------------------------------------------------------ optimizer
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Two param groups per layer group (decayed, and biases/norms without decay), built once.
-        Each group's lr = head lr × the strategy's multiplier for that layer group."""
-        mult = self.strategy.lr_multipliers()
-        groups = []
-        for name, modules in self.groups.items():
-            decay, no_decay = group_parameters(modules)
-            for suffix, params, wd in (("", decay, weight_decay), ("/no_decay", no_decay, 0.0)):
-                if params:
-                    groups.append(
-                        {"params": params, "lr": lr * mult[name], "weight_decay": wd, "name": name + suffix}
-                    )
-        return groups
-
     def configure_optimizers(self):
-        factory = instantiate(self.hparams.optimizer or DEFAULT_OPTIMIZER)
-        lr = factory.keywords.get("lr", 1e-3)
-        weight_decay = factory.keywords.get("weight_decay", 0.0)
-        optimizer = factory(self.param_groups(lr, weight_decay))
-        if not self.hparams.scheduler:
+        """The optimizer over the layer groups' param groups, each group's lr = base lr × its scale."""
+        optimizer = apply_lr_scales(
+            self.optimizer_factory(param_groups(self.groups, self.strategy.lr_scales()))
+        )
+        if self.scheduler_factory is None:
             return optimizer
-        scheduler_factory = instantiate(self.hparams.scheduler)
-        kwargs = {}
-        if "total_steps" in inspect.signature(scheduler_factory).parameters:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
-        scheduler = scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer, total_steps)}
 
     # --------------------------------------------------------------- steps
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -284,38 +249,24 @@ class Classifier(L.LightningModule):
                 "or check the data for broken images."
             )
 
-    def _eval_step(self, batch, split: str):
+    def _eval_step(self, batch, split: str) -> dict[str, torch.Tensor]:
+        """The step's raw logits and targets (what the test report gathers: callbacks/test_report.py)."""
         x, y = batch
         logits = self(x).float()
         scaled = logits / self.temperature  # 1 until calibration; val/test loss is that of the deployed model
-        probs = scaled.softmax(dim=1)
         self.log(f"{split}/loss", self.loss(scaled, y), on_epoch=True, sync_dist=True, batch_size=len(y))
-        getattr(self, f"{split}_metrics").update(probs, y)
-        self._outputs[split].append(
-            torch.stack([probs.detach(), F.one_hot(y, probs.shape[1]).float(), logits.detach()])
-        )
+        getattr(self, f"{split}_metrics").update(scaled.softmax(dim=1), y)
+        return {"logits": logits.detach(), "targets": y}
 
     def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val")
+        return self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test")
-
-    def _collect(self, split: str) -> None:
-        """Keep this epoch's probabilities and targets of the whole split (gathered over ranks)."""
-        outs = self._outputs[split]
-        if outs:
-            stacked = torch.cat(outs, dim=1)
-            if self.trainer.world_size > 1:
-                stacked = self.all_gather(stacked).transpose(0, 1).flatten(1, 2)
-            self.predictions[split] = (stacked[0].cpu(), stacked[1].argmax(1).cpu())
-            self.logits[split] = stacked[2].cpu()
-        self._outputs[split] = []
+        return self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self._collect("val")
         if self.trainer.sanity_checking:
             return
         self.log_dict(values)
@@ -328,7 +279,6 @@ class Classifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
-        self._collect("test")
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, list | tuple) else batch
@@ -337,6 +287,7 @@ class Classifier(L.LightningModule):
     # ---------------------------------------------------------- checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["medtransfer"] = {
+            "format": CHECKPOINT_FORMAT,
             "class_names": self.class_names,
             "preprocessing": self.preprocessing,
             "calibration": self.calibration,
@@ -344,8 +295,8 @@ class Classifier(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Temperature and threshold travel in the checkpoint (absent in checkpoints of earlier versions,
-        and in those saved during training: nothing is fitted before training ends)."""
+        """Temperature and threshold travel in the checkpoint (absent in those saved during training:
+        nothing is fitted before training ends)."""
         saved = checkpoint.get("medtransfer") or {}
         self.calibration = saved.get("calibration")
         self.operating_point = saved.get("operating_point")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from medtransfer.utils.errors import ConfigError
+
 
 class LinearHead(nn.Sequential):
     """Dropout (optional) then one linear layer."""
@@ -24,3 +26,17 @@ class MLPHead(nn.Sequential):
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
+
+
+# conf/model/head/<name>.yaml → class: a checkpoint names its head, and only these can be built from it
+HEADS = {"linear": LinearHead, "mlp": MLPHead}
+
+
+def build_head(config: dict | None, in_features: int, num_classes: int) -> nn.Module:
+    """The head named by config["name"] (default linear) with the other keys as arguments.
+    Raises ConfigError for a name outside HEADS."""
+    options = dict(config or {"name": "linear"})
+    name = options.pop("name", "linear")
+    if name not in HEADS:
+        raise ConfigError(f"model.head.name={name!r}: use one of {', '.join(HEADS)}.")
+    return HEADS[name](in_features, num_classes, **options)

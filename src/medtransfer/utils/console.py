@@ -1,8 +1,10 @@
 """Rich console output: the config tree, tables of layer groups, data and metrics, error messages.
-Everything here prints on rank zero only, so DDP does not print twice."""
+Everything here prints on rank zero only, so DDP does not print twice, and goes as plain text into the
+run's log file too (logger `medtransfer.console`: the file handler of conf/hydra/job_logging/)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from lightning.pytorch.utilities import rank_zero_only
@@ -13,6 +15,29 @@ from rich.table import Table
 from rich.tree import Tree
 
 console = Console()
+file_log = logging.getLogger("medtransfer.console")
+
+
+def setup_logging() -> None:
+    """Python warnings (Lightning's too) into logging: the terminal and the run's log file."""
+    logging.captureWarnings(True)
+
+
+def show(renderable, style: str | None = None) -> None:
+    """On the terminal (Rich) and, as plain text, in the log file."""
+    console.print(renderable, style=style)
+    if file_log.handlers:
+        plain = Console(width=120, color_system=None, force_terminal=False, record=True, file=_Null())
+        plain.print(renderable)
+        file_log.info("\n%s", plain.export_text().rstrip())
+
+
+class _Null:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 @rank_zero_only
@@ -26,7 +51,7 @@ def print_config(
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(f"[bold]{key}[/bold]").add(text.rstrip())
-    console.print(tree)
+    show(tree)
 
 
 @rank_zero_only
@@ -39,7 +64,7 @@ def print_table(title: str, rows: list[Mapping], columns: list[str] | None = Non
         table.add_column(column, justify="left" if column == columns[0] else "right")
     for row in rows:
         table.add_row(*[_fmt(row.get(c)) for c in columns])
-    console.print(table)
+    show(table)
 
 
 @rank_zero_only
@@ -70,7 +95,7 @@ def print_data_summary(summary: Mapping) -> None:
 
 @rank_zero_only
 def print_error(message: str, title: str = "medtransfer: cannot start") -> None:
-    console.print(Panel(message, title=title, border_style="red", expand=False))
+    show(Panel(message, title=title, border_style="red", expand=False))
 
 
 def _fmt(value) -> str:
