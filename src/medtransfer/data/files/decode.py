@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
-GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S", "F"})
+INTEGER_MODES = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "I;16S"})
 DICOM_MAGIC_OFFSET = 128  # a DICOM file: 128 bytes of preamble, then b"DICM"
 # DICOM files declaring more pixels (rows × columns × frames) are refused before decoding, as Pillow
 # refuses images over Image.MAX_IMAGE_PIXELS (decompression bombs); None: no limit
@@ -122,7 +123,8 @@ def _scale(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 def _integer_range(im: Image.Image, array: np.ndarray) -> tuple[float, float]:
     """The range of values a Pillow integer image's storage can hold: 16-bit unsigned 0..65535, 16-bit
-    signed −32768..32767 (TIFF SampleFormat 2, read by Pillow as mode I), else the array type's range."""
+    signed −32768..32767 (TIFF SampleFormat 2, read by Pillow as mode I), else the array type's range.
+    `im`: the image as opened (its TIFF tags)."""
     if im.mode.startswith("I;16"):
         return (-32768.0, 32767.0) if im.mode.endswith("S") else (0.0, 65535.0)
     tags = getattr(im, "tag_v2", None)
@@ -140,6 +142,7 @@ def _decode_pil(source, window: Sequence[float] | None) -> Decoded:
     """Pillow, with the EXIF orientation applied (pixels as every viewer shows them)."""
     with Image.open(source) as opened:
         im = ImageOps.exif_transpose(opened)
+        storage = _integer_range(opened, np.zeros(1, np.int32)) if opened.mode in INTEGER_MODES else None
     mode = im.mode
     if mode == "1":
         return Decoded(np.asarray(im).astype(np.uint8) * 255, mode)
@@ -152,7 +155,7 @@ def _decode_pil(source, window: Sequence[float] | None) -> Decoded:
         if window is not None:
             return Decoded(apply_window(array, window), mode, value_range)
         if np.issubdtype(array.dtype, np.integer):  # the storage's range: the same scale for every file
-            return Decoded(_scale(array, *_integer_range(im, array)), mode, value_range)
+            return Decoded(_scale(array, *(storage or _integer_range(im, array))), mode, value_range)
         return Decoded(_scale(array, *value_range), mode, value_range)  # float: its own min-max
     if mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")  # what Pillow asks for before RGB, for palettes with transparency
@@ -185,9 +188,10 @@ def _pixel_array(ds, syntax) -> np.ndarray:
             missing = ["none known to pydicom"]
         if not missing:  # every plugin for it is installed: the data itself is bad
             raise
+        plugins = ", ".join(m.split(" - ")[0].strip() for m in missing)
         raise MissingDecoderError(
             f"needs a decoder plugin: its pixel data is compressed as {syntax.name} ({syntax}), which the "
-            f"installed decoders cannot read ({str(err).splitlines()[-1].strip()})"
+            f"installed decoders cannot read (not installed: {plugins})"
         ) from err
 
 
