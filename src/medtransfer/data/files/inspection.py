@@ -78,6 +78,11 @@ def _is_gray(array: np.ndarray) -> bool:
     )
 
 
+def _grey_levels(array: np.ndarray) -> int:
+    """Distinct values of a gray uint8 image (first channel of a gray colour file); O(pixels)."""
+    return int(np.count_nonzero(np.bincount((array if array.ndim == 2 else array[..., 0]).ravel())))
+
+
 def inspect_file(path: str, window: Sequence[float] | None = None) -> FileFacts:
     """Read and decode one file in full (with `window`, as training will). Problems come back as reason
     and fix, except a missing pydicom, which is raised (one message for the whole data set)."""
@@ -144,7 +149,7 @@ def inspect_file(path: str, window: Sequence[float] | None = None) -> FileFacts:
         height=int(array.shape[0]),
         width=int(array.shape[1]),
         gray=gray,
-        levels=int(np.unique(array if array.ndim == 2 else array[..., 0]).size) if gray else 256,
+        levels=_grey_levels(array) if gray else 256,
         value_range=decoded.value_range,
     )
 
