@@ -150,3 +150,75 @@ def test_train_on_a_manifest_with_balanced_sampling_and_class_weights(tmp_path, 
     assert {r["patient"] for r in csv.DictReader((run / "splits.csv").read_text().splitlines())} == {
         r[2] for r in rows
     }
+
+
+def manifest_rows(images: Path) -> list[list[str]]:
+    return [
+        [f"{c}/{p.name}", label]
+        for c, label in (("benign", "nævus"), ("malignant", "mélanome"))
+        for p in sorted((images / c).iterdir())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "delimiter"),
+    [("cp1252", ","), ("utf-8", ";"), ("utf-8-sig", "\t"), ("utf-8-sig", ";"), ("utf-16", "\t")],
+    ids=["excel-cp1252", "semicolon", "bom-tab", "bom-semicolon", "utf16-unicode-text"],
+)
+def test_manifests_as_spreadsheets_save_them(images, tmp_path, encoding, delimiter):
+    """Excel on Windows writes cp1252 and, in many locales, ';'; 'CSV UTF-8' adds a BOM; 'Unicode text'
+    is UTF-16 with tabs."""
+    lines = [delimiter.join(["path", "label"])] + [delimiter.join(r) for r in manifest_rows(images)]
+    manifest = tmp_path / "labels.csv"
+    manifest.write_bytes(("\r\n".join(lines) + "\r\n").encode(encoding))  # one BOM, if any
+    datamodule = CsvDataModule(manifest=str(manifest), root=str(images))
+    datamodule.setup()
+    assert datamodule.classes == ["mélanome", "nævus"]
+    assert sum(len(s) for s in datamodule.data.splits.values()) == 40
+
+
+def test_a_manifest_in_no_known_encoding_names_the_line_and_the_fix(images, tmp_path):
+    manifest = tmp_path / "labels.csv"
+    rows = b"\r\n".join(b"%s,%s" % (p.encode(), label.encode()) for p, label in manifest_rows(images)[:3])
+    manifest.write_bytes(b"path,label\r\n" + rows + b"\r\nbenign/x.png,\x81\x8d\r\n")  # undefined in cp1252
+    with pytest.raises(DataError) as err:
+        CsvDataModule(manifest=str(manifest), root=str(images)).setup()
+    assert str(err.value).startswith(
+        f"{manifest}: line 5 holds byte 0x81, which is neither UTF-8 nor Windows-1252"
+    )
+    assert "CSV UTF-8" in str(err.value)
+
+
+def test_a_header_in_one_column_is_named_with_the_fix(images, tmp_path):
+    manifest = tmp_path / "labels.csv"
+    manifest.write_text("path label\nbenign/benign_0.jpg benign\n")
+    with pytest.raises(DataError, match=r"line 1: the header 'path label' reads as a single column"):
+        CsvDataModule(manifest=str(manifest), root=str(images)).setup()
+
+
+def test_paths_leaving_the_root_and_rows_that_disagree_are_reported(images, tmp_path):
+    outside = make_folder_tree(tmp_path / "elsewhere", per_class=1, size=16, classes=("benign",))
+    rows = [[f"{c}/{p.name}", c] for c in ("benign", "malignant") for p in sorted((images / c).iterdir())]
+    rows += [
+        ["../elsewhere/benign/benign_0.jpg", "benign"],  # line 42
+        [str(outside / "benign" / "benign_0.jpg"), "benign"],  # line 43
+        ["benign/benign_0.jpg", "malignant"],  # line 44: line 2 says benign
+        ["benign/benign_1.png", "benign"],  # line 45: the same as line 3, kept once
+    ]
+    manifest = write_csv(tmp_path / "labels.csv", ["path", "label"], rows)
+    with pytest.raises(DataError) as err:
+        CsvDataModule(manifest=str(manifest), root=str(images)).setup()
+    message = str(err.value)
+    assert message.startswith("The data has 3 problem(s)")
+    assert (
+        f"{outside / 'benign' / 'benign_0.jpg'}: the path '../elsewhere/benign/benign_0.jpg' on labels.csv "
+        f"line 42 leads outside data.root={images}"
+    ) in message
+    assert "on labels.csv line 43 leads outside data.root" in message
+    assert (
+        f"{images / 'benign' / 'benign_0.jpg'}: listed on several rows that disagree (labels.csv line 2: "
+        "label 'benign'; labels.csv line 44: label 'malignant')"
+    ) in message
+    skipping = CsvDataModule(manifest=str(manifest), root=str(images), on_bad="skip")
+    skipping.setup()
+    assert sum(len(s) for s in skipping.data.splits.values()) == 39  # benign_0 left out, benign_1 once

@@ -59,8 +59,9 @@ def test_dicom_rescale_and_the_files_window(tmp_path):
     path = write_dicom(tmp_path / "ct.dcm", STORED, slope=2, intercept=-1000, window=(0, 400))
     array, mode = decode(path)
     assert mode == "DICOM MONOCHROME2" and array.dtype == np.uint8
-    # window 0 ± 200: −1000 → 0, −100 → 63.75, 100 → 191.25, 1000 → 255
-    assert array[0].tolist() == [0, 64, 191, 255]
+    # the file's window through pydicom's apply_voi_lut, the standard's LINEAR function
+    # ((x − (c − 0.5)) / (w − 1) + 0.5): −1000 → 0, −100 → 63.9, 100 → 191.7, 1000 → 255
+    assert array[0].tolist() == [0, 64, 192, 255]
 
 
 def test_dicom_window_from_config_wins_over_the_files(tmp_path):
@@ -73,7 +74,7 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
     path = write_dicom(
         tmp_path / "xray.dcm", STORED, photometric="MONOCHROME1", slope=2, intercept=-1000, window=(0, 400)
     )
-    assert decode(path)[0][0].tolist() == [255, 191, 64, 0]
+    assert decode(path)[0][0].tolist() == [255, 191, 63, 0]  # 255 − [0, 64, 192, 255]
 
 
 def test_dicom_without_window_or_rescale_spans_min_to_max(tmp_path):

@@ -108,3 +108,41 @@ def test_user_error_wrapped_by_hydra_instantiate_is_still_a_short_message(tmp_pa
         run_job(bad, tmp_path)
     out = capsys.readouterr().out
     assert "model.weights='IMAGENET9K' is not a weight of resnet18" in out and "Traceback" not in out
+
+
+def test_predict_checks_its_inputs_and_predicts_the_rest(trained_folder_run, folder_tree, tmp_path, caplog):
+    """Archive debris is ignored; an unreadable file is listed with its reason (error column,
+    predictions.json, a warning) while the others are predicted; a name that is not UTF-8 is written whole."""
+    import os
+    import shutil
+    import struct
+
+    from conftest import write_truncated_png
+
+    run, _ = trained_folder_run
+    scans = tmp_path / "new_scans"
+    (scans / "__MACOSX").mkdir(parents=True)
+    for i, source in enumerate(sorted((folder_tree / "malignant").glob("*.png"))[:3]):
+        shutil.copy(source, scans / f"scan{i}.png")
+        appledouble = struct.pack(">II16sH", 0x00051607, 0x00020000, b"Mac OS X        ", 0)
+        (scans / f"._scan{i}.png").write_bytes(appledouble)
+        (scans / "__MACOSX" / f"._scan{i}.png").write_bytes(appledouble)
+    write_truncated_png(scans / "broken.png")
+    latin1 = os.fsdecode(os.fsencode(scans) + b"/r\xe9sum\xe9.png")
+    shutil.copy(scans / "scan0.png", latin1)
+    with caplog.at_level("WARNING"):
+        out = predict(run / "checkpoints" / "best.ckpt", scans, tmp_path / "predictions.csv")
+    with open(out, newline="", encoding="utf-8", errors="surrogateescape") as f:
+        rows = {row["path"]: row for row in csv.DictReader(f)}
+    assert sorted(os.path.basename(p) for p in rows) == sorted(
+        ["broken.png", os.path.basename(latin1), "scan0.png", "scan1.png", "scan2.png"]
+    )
+    broken = rows[str(scans / "broken.png")]
+    assert broken["prediction"] == "" and broken["error"].startswith("truncated")
+    predicted = [r for p, r in rows.items() if not p.endswith("broken.png")]
+    assert all(r["prediction"] and r["error"] == "" for r in predicted)
+    assert rows[latin1]["prob_malignant"] == rows[str(scans / "scan0.png")]["prob_malignant"]
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["images"] == 4
+    assert [u["path"] for u in settings["unreadable"]] == [str(scans / "broken.png")]
+    assert "1 of 5 input file(s) cannot be used" in caplog.text

@@ -2,12 +2,18 @@
 checkpoint (which carries the class names, preprocessing, temperature and threshold) and write
 predictions.csv: path, predicted class, one probability column per class (and with explain=true the path of
 a Grad-CAM overlay PNG per image, in explanations/ next to it); predictions.json says how the class was
-decided. Only file paths identify an image: nothing from a DICOM header is written."""
+decided. Only file paths identify an image: nothing from a DICOM header is written.
+
+The inputs are checked as training checks its data: archive and system debris (`__MACOSX/`, `._*`, hidden
+files) is ignored; every image is read and decoded in full first, and files that cannot be used are listed
+(an `error` column in predictions.csv and `unreadable` in predictions.json, with a warning) while the rest
+are predicted. Images are decoded with the intensity window the checkpoint was trained with."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import hydra
@@ -19,7 +25,9 @@ from torch.utils.data import DataLoader
 
 from medtransfer.data.datamodule import default_num_workers
 from medtransfer.data.datasets import FileDataset
-from medtransfer.data.files.decode import is_image_file, read_image
+from medtransfer.data.files.decode import is_image_file, read_image, window_from_config
+from medtransfer.data.files.inspection import FileFacts, few_levels_message, inspect_files
+from medtransfer.data.files.listing import shown_path, walk_files
 from medtransfer.data.transforms import eval_transform
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.split_report import decision_text
@@ -29,17 +37,55 @@ from medtransfer.utils.errors import DataError
 from medtransfer.utils.paths import CONFIG_DIR
 from medtransfer.utils.run_status import run_job
 
+log = logging.getLogger(__name__)
 
-def find_images(input_path: str | Path) -> list[str]:
+
+def find_images(input_path: str | Path) -> tuple[list[str], dict[str, FileFacts]]:
+    """The image files of `input_path` (a file, or a folder searched recursively, symlinked folders
+    followed, debris ignored as in training: `files.listing`), and the folders that could not be read
+    (as FileFacts with reason and fix). Raises DataError when there is no image at all."""
     path = Path(input_path).expanduser()
     if path.is_file():
-        return [str(path)]
+        return [str(path)], {}
     if not path.is_dir():
         raise DataError(f"input={path}: no such file or folder.")
-    files = sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
+    walk = walk_files(path)
+    files = [f for f in walk.files if is_image_file(f)]
+    unreadable = {
+        folder: FileFacts(reason=f"unreadable folder: {why}", fix="give read permission on it")
+        for folder, why in walk.unreadable
+    }
     if not files:
         raise DataError(f"input={path}: no image files (.png .jpg .jpeg .bmp .tif .tiff, DICOM) in it.")
-    return files
+    return files, unreadable
+
+
+def check_inputs(files: list[str], window) -> tuple[list[str], dict[str, FileFacts]]:
+    """Read and decode every file once (as training's validation does): the usable paths, and the
+    others with their reason and fix. Warns about them, and about images with few grey levels. Raises
+    DataError when none is usable."""
+    facts = inspect_files(files, cache_dir=None, window=window).facts
+    bad = {p: f for p, f in facts.items() if not f.ok}
+    usable = [p for p in files if p not in bad]
+    if not usable:
+        raise DataError(
+            "\n".join(
+                [f"None of the {len(files)} input file(s) can be used:"]
+                + [f"  {shown_path(p)}: {f.reason}\n    fix: {f.fix}" for p, f in sorted(bad.items())]
+            )
+        )
+    if bad:
+        log.warning(
+            "%d of %d input file(s) cannot be used and are not predicted (listed with the reason in the "
+            "error column of predictions.csv): %s",
+            len(bad),
+            len(files),
+            "; ".join(f"{shown_path(p)}: {f.reason}" for p, f in sorted(bad.items())[:5]),
+        )
+    message = few_levels_message({p: facts[p] for p in usable}, window)
+    if message:
+        log.warning(message)
+    return usable, bad
 
 
 def overlay_path(path: str | Path, input_path: str | Path, explanations_dir: Path) -> Path:
@@ -66,12 +112,17 @@ def predict(
         check_method(explain_method)
     model = load_classifier(ckpt_path)
     prep = model.preprocessing
-    paths = find_images(input_path)
+    window = window_from_config(model.hparams.get("data_config"))  # as the model was trained
+    decode_options = {"window": window} if window is not None else {}
+    found, unreadable_folders = find_images(input_path)
+    paths, bad = check_inputs(found, window)
+    bad.update(unreadable_folders)
     dataset = FileDataset(
         paths,
         np.zeros(len(paths), dtype=np.int64),
         prep["in_channels"],
         eval_transform(prep["image_size"], prep["mean"], prep["std"]),
+        decode_options,
     )
     workers = (
         default_num_workers(on_gpu=False) if num_workers == "auto" else int(num_workers)
@@ -95,11 +146,24 @@ def predict(
             for path, heat in zip(paths[start : start + len(x)], maps, strict=True):
                 target = overlay_path(path, input_path, explanations_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(overlay(read_image(path, 3), heat)).save(target)
+                Image.fromarray(overlay(read_image(path, 3, **decode_options), heat)).save(target)
                 overlays.append(str(target))
     probs = torch.cat(all_probs).numpy()
     predicted = torch.cat(all_predicted).tolist()
-    with open(output, "w", newline="") as f:
+    rows = {
+        path: [
+            path,
+            model.class_names[predicted[i]],
+            *[f"{v:.6f}" for v in p],
+            *([overlays[i]] if explain else []),
+            *([""] if bad else []),
+        ]
+        for i, (path, p) in enumerate(zip(paths, probs, strict=True))
+    }
+    blank = [""] * (1 + len(model.class_names) + int(explain))
+    rows.update({path: [path, *blank, f.reason] for path, f in bad.items()})
+    # written whole, after every prediction; names that are not UTF-8 as their bytes (surrogateescape)
+    with open(output, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
@@ -107,20 +171,17 @@ def predict(
                 "prediction",
                 *[f"prob_{c}" for c in model.class_names],
                 *(["explanation"] if explain else []),
+                *(["error"] if bad else []),
             ]
         )
-        for i, (path, p) in enumerate(zip(paths, probs, strict=True)):
-            writer.writerow(
-                [
-                    path,
-                    model.class_names[predicted[i]],
-                    *[f"{v:.6f}" for v in p],
-                    *([overlays[i]] if explain else []),
-                ]
-            )
+        writer.writerows(rows[path] for path in sorted(rows))
     settings = {
         "checkpoint": str(ckpt_path),
         "images": len(paths),
+        "window": window,
+        "unreadable": [
+            {"path": shown_path(p), "reason": f.reason, "fix": f.fix} for p, f in sorted(bad.items())
+        ],
         "decision": decision_text(model),
         "threshold": model.threshold,
         "temperature": model.temperature,
@@ -145,9 +206,13 @@ def main(cfg: DictConfig) -> None:
             explain=bool(cfg.get("explain", False)),
             explain_method=cfg.get("explain_method", "gradcam"),
         )
-        console.print(
-            f"predictions: {written} (predicted class: {json.loads(written.with_suffix('.json').read_text())['decision']})"
-        )
+        settings = json.loads(written.with_suffix(".json").read_text())
+        console.print(f"predictions: {written} (predicted class: {settings['decision']})")
+        if settings["unreadable"]:
+            console.print(
+                f"[yellow]{len(settings['unreadable'])} file(s) could not be used and were not predicted: "
+                "see the error column of predictions.csv[/yellow]"
+            )
 
     run_job(job, cfg.paths.output_dir)
 

@@ -273,7 +273,8 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         rows = self.skipped_rows()
         if not rows:
             return False
-        with open(path, "w", newline="") as f:
+        # file names that are not UTF-8 are written as their bytes (surrogateescape), as they are on disk
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "reason", "fix"])
             writer.writerows(rows)
@@ -285,7 +286,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         if not self.data.made_split:
             return False
         with_patients = any(self.data.splits[s].patients for s in SPLITS)
-        with open(path, "w", newline="") as f:
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "split", *(["patient"] if with_patients else [])])
             for split in SPLITS:

@@ -1,2 +1,2 @@
-"""Reading and checking image files: decoding (PNG/JPEG/TIFF, 16-bit, DICOM), inspection and validation
-before training."""
+"""Reading and checking image files: which files of a folder are data (listing), decoding (PNG/JPEG/TIFF,
+16-bit and signed, DICOM; EXIF orientation, intensity windows), inspection and validation before training."""

@@ -10,26 +10,32 @@ import json
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from medtransfer.data.files.decode import (
+    DECODER_INSTALL,
     DICOM_EXTENSIONS,
     IMAGE_EXTENSIONS,
+    ImageTooLargeError,
+    MissingDecoderError,
     UnsupportedImageError,
-    decode,
+    decode_details,
     is_image_file,
 )
+from medtransfer.data.files.listing import shown_path
 from medtransfer.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 
 # bump when what is recorded, or how, changes: cache files of other versions are then not used
-INSPECTION_VERSION = 1
+INSPECTION_VERSION = 2
 # colour files whose channels differ by at most this much are gray (JPEG rounding can differ by 1)
 GRAY_TOLERANCE = 2
 KNOWN_EXTENSIONS = " ".join(sorted(IMAGE_EXTENSIONS | DICOM_EXTENSIONS))
@@ -46,6 +52,8 @@ class FileFacts:
     gray: bool = True
     reason: str | None = None
     fix: str | None = None
+    levels: int = 256  # distinct grey values after conversion to 8 bits (gray images; colour: 256)
+    value_range: tuple[float, float] | None = None  # (min, max) in the file's units, >8-bit and DICOM
 
     @property
     def ok(self) -> bool:
@@ -70,9 +78,14 @@ def _is_gray(array: np.ndarray) -> bool:
     )
 
 
-def inspect_file(path: str) -> FileFacts:
-    """Read and decode one file in full. Problems come back as reason and fix, except a missing pydicom,
-    which is raised (one message for the whole data set)."""
+def _grey_levels(array: np.ndarray) -> int:
+    """Distinct values of a gray uint8 image (first channel of a gray colour file); O(pixels)."""
+    return int(np.count_nonzero(np.bincount((array if array.ndim == 2 else array[..., 0]).ravel())))
+
+
+def inspect_file(path: str, window: Sequence[float] | None = None) -> FileFacts:
+    """Read and decode one file in full (with `window`, as training will). Problems come back as reason
+    and fix, except a missing pydicom, which is raised (one message for the whole data set)."""
     if not is_image_file(path):
         suffix = Path(path).suffix or "no extension"
         return FileFacts(
@@ -92,9 +105,22 @@ def inspect_file(path: str) -> FileFacts:
         )
     sha1 = hashlib.sha1(content).hexdigest()
     try:
-        array, mode = decode(path, content=content)
+        decoded = decode_details(path, window, content=content)
     except DataError:
         raise
+    except MissingDecoderError as err:
+        return FileFacts(
+            sha1=sha1,
+            reason=str(err),
+            fix=f'install the DICOM decoders: {DECODER_INSTALL} (or python -m pip install -e ".[dicom]")',
+        )
+    except (ImageTooLargeError, Image.DecompressionBombError) as err:
+        return FileFacts(
+            sha1=sha1,
+            reason=f"too large: {err}",
+            fix="check the file (a header declaring more pixels than it holds is a decompression bomb); "
+            "if the image is genuine, downsample it, or raise the limit",
+        )
     except UnsupportedImageError as err:
         return FileFacts(
             sha1=sha1,
@@ -115,27 +141,39 @@ def inspect_file(path: str) -> FileFacts:
             else f"corrupt: {message}"
         )
         return FileFacts(sha1=sha1, reason=reason, fix="copy or export the image again, or remove it")
+    array = decoded.array
+    gray = _is_gray(array)
     return FileFacts(
-        sha1=sha1, mode=mode, height=int(array.shape[0]), width=int(array.shape[1]), gray=_is_gray(array)
+        sha1=sha1,
+        mode=decoded.mode,
+        height=int(array.shape[0]),
+        width=int(array.shape[1]),
+        gray=gray,
+        levels=_grey_levels(array) if gray else 256,
+        value_range=decoded.value_range,
     )
 
 
-def fingerprint(paths: list[str]) -> str:
-    """A hash of the paths, sizes and modification times: it changes when any file does."""
-    digest = hashlib.sha1(f"inspection v{INSPECTION_VERSION}\n".encode())
+def fingerprint(paths: list[str], window: Sequence[float] | None = None) -> str:
+    """A hash of the paths, sizes and modification times (and the window, which changes the grey levels):
+    it changes when any file does. Paths that are not valid UTF-8 are hashed as their bytes."""
+    digest = hashlib.sha1(f"inspection v{INSPECTION_VERSION} window={window}\n".encode())
     for path in sorted(paths):
         try:
             st = os.stat(path)
-            digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            digest.update(os.fsencode(path) + f"\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
         except OSError:
-            digest.update(f"{path}\t-\n".encode())
+            digest.update(os.fsencode(path) + b"\t-\n")
     return digest.hexdigest()
 
 
 def _read_cache(cache_file: Path, paths: list[str]) -> dict[str, FileFacts] | None:
     try:
         stored = json.loads(cache_file.read_text())["files"]
-        return {p: FileFacts(**stored[p]) for p in paths}
+        facts = {p: FileFacts(**stored[p]) for p in paths}
+        return {
+            p: replace(f, value_range=tuple(f.value_range)) if f.value_range else f for p, f in facts.items()
+        }
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -156,11 +194,17 @@ def _write_cache(cache_file: Path, facts: dict[str, FileFacts]) -> None:
         )
 
 
-def inspect_files(paths: list[str], cache_dir: str | Path | None, workers: int | None = None) -> Inspection:
-    """Facts for every path, from the cache when the data set is unchanged, else read in `workers` threads."""
+def inspect_files(
+    paths: list[str],
+    cache_dir: str | Path | None,
+    workers: int | None = None,
+    window: Sequence[float] | None = None,
+) -> Inspection:
+    """Facts for every path, from the cache when the data set is unchanged, else read in `workers` threads.
+    `window`: the intensity window training decodes with (see `decode`)."""
     start = time.perf_counter()
     paths = sorted(set(paths))
-    cache_file = Path(cache_dir) / "inspection" / f"{fingerprint(paths)}.json" if cache_dir else None
+    cache_file = Path(cache_dir) / "inspection" / f"{fingerprint(paths, window)}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         facts = _read_cache(cache_file, paths)
         if facts is not None:
@@ -174,7 +218,7 @@ def inspect_files(paths: list[str], cache_dir: str | Path | None, workers: int |
             return Inspection(facts, cache_hit=True, seconds=seconds, cache_file=cache_file)
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        facts = dict(zip(paths, pool.map(inspect_file, paths), strict=True))
+        facts = dict(zip(paths, pool.map(partial(inspect_file, window=window), paths), strict=True))
     if cache_file is not None:
         _write_cache(cache_file, facts)
     seconds = time.perf_counter() - start
@@ -186,3 +230,32 @@ def inspect_files(paths: list[str], cache_dir: str | Path | None, workers: int |
         f", cached in {cache_file}" if cache_file else "",
     )
     return Inspection(facts, cache_hit=False, seconds=seconds, cache_file=cache_file)
+
+
+# fewer distinct grey values than this after conversion to 8 bits: the intensities are squeezed together
+FEW_LEVELS = 8
+
+
+def few_levels_message(facts: Mapping[str, FileFacts], window: Sequence[float] | None = None) -> str | None:
+    """A warning when decoded gray images use fewer than FEW_LEVELS grey values (e.g. CT in Hounsfield
+    units over the whole 16-bit range: 2-3 values), naming how many files, one example, the values they
+    hold in the file's units and the fix (data.window=[centre,width]); None when no file does."""
+    few = {p: f for p, f in facts.items() if f.ok and f.gray and f.levels < FEW_LEVELS}
+    if not few:
+        return None
+    example, fact = next(iter(sorted(few.items())))
+    ranges = [f.value_range for f in few.values() if f.value_range]
+    head = (
+        f"{len(few)} of {sum(f.ok for f in facts.values())} image file(s) use fewer than {FEW_LEVELS} grey levels "
+        f"after conversion to 8 bits (e.g. {shown_path(example)}: {fact.levels})"
+    )
+    if not ranges:
+        return f"{head}; the files themselves hold so few values: check how they were exported."
+    lo, hi = min(r[0] for r in ranges), max(r[1] for r in ranges)
+    now = f"data.window={list(window)}" if window else "no window (the storage's whole range)"
+    return (
+        f"{head}: their values span {lo:g}..{hi:g} in the files' units and {now} squeezes them together, "
+        f"so a model cannot tell those intensities apart. Set data.window=[centre,width] in those units: "
+        f"data.window=[{(lo + hi) / 2:g},{hi - lo:g}] for the whole range, or a clinical window "
+        "(CT in HU: brain [40,80], soft tissue [40,400], lung [-600,1500])."
+    )

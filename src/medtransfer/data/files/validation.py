@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from medtransfer.data.files.inspection import FileFacts
+from medtransfer.data.files.listing import shown_path
 from medtransfer.data.items import Item
 from medtransfer.data.splits import SPLITS
 from medtransfer.utils.errors import ConfigError, DataError
@@ -32,7 +33,7 @@ class Problem:
         return cls(path, reason, fix, leave_out=(path,))
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.reason}\n    fix: {self.fix}"
+        return f"{shown_path(self.file)}: {self.reason}\n    fix: {self.fix}"
 
 
 def file_problems(items: Iterable[Item], facts: Mapping[str, FileFacts]) -> list[Problem]:
@@ -76,9 +77,34 @@ def duplicate_problems(items: list[Item], facts: Mapping[str, FileFacts]) -> lis
     return _crossing(
         items,
         key=lambda i: facts[i.path].sha1,
-        what=lambda i, first: f"the same image (content hash) as {first.path} in {first.split}",
+        what=lambda i, first: f"the same image (content hash) as {shown_path(first.path)} in {first.split}",
         fix="remove one of the copies (an image in two splits leaks the answer into evaluation)",
     )
+
+
+def conflicting_label_problems(items: list[Item], facts: Mapping[str, FileFacts]) -> list[Problem]:
+    """The same image (content hash) with two different labels: in two class folders, or on two manifest
+    rows. Which label is right cannot be told, so every copy is a problem (skip leaves them all out)."""
+    by_hash: dict[str, list[Item]] = defaultdict(list)
+    for item in items:
+        if facts[item.path].sha1:
+            by_hash[facts[item.path].sha1].append(item)
+    problems = []
+    for group in by_hash.values():
+        labels = sorted({i.label for i in group})
+        if len(labels) < 2:
+            continue
+        for item in group:
+            others = [o for o in group if o.label != item.label]
+            where = ", ".join(f"{o.label!r} at {shown_path(o.path)}" for o in others[:3])
+            problems.append(
+                Problem.of_file(
+                    item.path,
+                    f"the same image (content hash) is labelled {item.label!r} here and {where}",
+                    "keep the image under its one correct label and remove the other copies",
+                )
+            )
+    return problems
 
 
 def patient_problems(items: list[Item]) -> list[Problem]:
@@ -86,7 +112,7 @@ def patient_problems(items: list[Item]) -> list[Problem]:
     return _crossing(
         items,
         key=lambda i: i.patient,
-        what=lambda i, first: f"patient {i.patient!r} is also in {first.split} ({first.path})",
+        what=lambda i, first: f"patient {i.patient!r} is also in {first.split} ({shown_path(first.path)})",
         fix="put all images of a patient in one split",
     )
 

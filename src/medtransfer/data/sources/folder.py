@@ -5,25 +5,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from medtransfer.data.files.listing import is_considered, walk_files
 from medtransfer.data.files.validation import Problem
 from medtransfer.data.items import Item
 from medtransfer.data.sources.image_files import ImageFilesDataModule, Listing
 from medtransfer.data.splits import SPLITS
 from medtransfer.utils.errors import DataError
 
-# files the operating system leaves in folders; any other file in a class folder must be an image
-SYSTEM_FILES = frozenset({"Thumbs.db", "desktop.ini"})
 
-
-def _is_listed(path: Path, folder: Path) -> bool:
-    parts = path.relative_to(folder).parts
-    return path.is_file() and not any(p.startswith(".") for p in parts) and path.name not in SYSTEM_FILES
-
-
-def _class_files(folder: Path) -> dict[str, list[str]]:
-    """Class folder name -> its files (any type: non-images are reported by validation, not ignored)."""
-    classes = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    return {c: sorted(str(f) for f in (folder / c).rglob("*") if _is_listed(f, folder / c)) for c in classes}
+def _class_files(folder: Path, problems: list[Problem]) -> dict[str, list[str]]:
+    """Class folder name -> its files (any type: non-images are reported by validation, not ignored).
+    Archive and system debris (`__MACOSX/`, `._*`, hidden files, see `files.listing`) is not data;
+    symlinked folders are followed; folders that cannot be read are added to `problems`."""
+    classes = sorted(p.name for p in folder.iterdir() if is_considered(p.name) and p.is_dir())
+    files = {}
+    for c in classes:
+        walk = walk_files(folder / c)
+        files[c] = walk.files
+        problems += [
+            Problem(path, f"unreadable folder: {why}", "give read permission on it, or remove it")
+            for path, why in walk.unreadable
+        ]
+    return files
 
 
 def _empty_folder(folder: Path, cls: str) -> Problem:
@@ -56,8 +59,9 @@ class FolderDataModule(ImageFilesDataModule):
             raise DataError(
                 f"data.root={self.root}: no such folder. Point it at a folder with one sub-folder per class."
             )
+        unreadable: list[Problem] = []
         if self.presplit:
-            per_split = {s: _class_files(self.root / s) for s in SPLITS}
+            per_split = {s: _class_files(self.root / s, unreadable) for s in SPLITS}
             classes = sorted({c for files in per_split.values() for c, paths in files.items() if paths})
             items = [Item(p, c, split=s) for s in SPLITS for c in classes for p in per_split[s].get(c, [])]
             # an empty folder of a class that has images elsewhere is reported as a missing class
@@ -68,7 +72,7 @@ class FolderDataModule(ImageFilesDataModule):
                 if not paths and c not in classes
             ]
         else:
-            files = _class_files(self.root)
+            files = _class_files(self.root, unreadable)
             classes = [c for c in files if files[c]]
             items = [Item(p, c) for c in classes for p in files[c]]
             empty = [_empty_folder(self.root / c, c) for c, paths in files.items() if not paths]
@@ -77,4 +81,4 @@ class FolderDataModule(ImageFilesDataModule):
                 f"data.root={self.root}: found {len(classes)} class folder(s) with files; "
                 "expected one sub-folder per class (or train/ val/ test/ folders holding them)."
             )
-        return Listing(items=items, classes=classes, split_given=self.presplit, problems=empty)
+        return Listing(items=items, classes=classes, split_given=self.presplit, problems=empty + unreadable)

@@ -17,11 +17,12 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
-from medtransfer.data.files.decode import read_image
-from medtransfer.data.files.inspection import FileFacts, Inspection, inspect_files
+from medtransfer.data.files.decode import read_image, resolve_window
+from medtransfer.data.files.inspection import FileFacts, Inspection, few_levels_message, inspect_files
 from medtransfer.data.files.validation import (
     Problem,
     check_on_bad,
+    conflicting_label_problems,
     duplicate_problems,
     enforce,
     file_problems,
@@ -63,12 +64,20 @@ def _report_skipped(count: int) -> None:
     )
 
 
+@rank_zero_only
+def _warn_few_levels(facts: dict[str, FileFacts], window: Sequence[float] | None) -> None:
+    message = few_levels_message(facts, window)
+    if message:
+        log.warning(message)
+
+
 class ImageFilesDataModule(MedicalImageDataModule):
     """on_bad: "error" (stop, listing every problem) or "skip" (leave those files out).
     cache: "ram" keeps every decoded image in memory, "none" decodes on every read, "auto" is "ram" when
     the decoded images take less than cache_limit_gb.
     cache_dir: where inspection results are kept between runs (None: not kept).
-    dicom_window: [centre, width] for every DICOM file, in its rescaled units; None: each file's own window."""
+    window: [centre, width] in the files' units (e.g. Hounsfield units) for every grayscale image with more
+    than 8 bits (16-bit, signed, DICOM after rescale); None: see `decode`. dicom_window: its former name."""
 
     def __init__(
         self,
@@ -76,6 +85,7 @@ class ImageFilesDataModule(MedicalImageDataModule):
         cache: str = "auto",
         cache_limit_gb: float = 2.0,
         cache_dir: str | None = None,
+        window: Sequence[float] | None = None,
         dicom_window: Sequence[float] | None = None,
         **kwargs,
     ):
@@ -86,11 +96,7 @@ class ImageFilesDataModule(MedicalImageDataModule):
         self.cache = cache
         self.cache_limit_gb = float(cache_limit_gb)
         self.cache_dir = Path(cache_dir).expanduser().resolve() if cache_dir else None
-        if dicom_window is not None and len(dicom_window) != 2:
-            raise ConfigError(
-                f"data.dicom_window={list(dicom_window)}: give [centre, width], e.g. [40, 400], or null."
-            )
-        self.dicom_window = [float(v) for v in dicom_window] if dicom_window is not None else None
+        self.window = resolve_window(window, dicom_window)
         self.inspection: Inspection | None = None
 
     @abstractmethod
@@ -102,15 +108,19 @@ class ImageFilesDataModule(MedicalImageDataModule):
         """Where the images of a split (of a class) are given, for messages: a folder, or the manifest."""
 
     def decode_options(self) -> dict:
-        return {"window": self.dicom_window} if self.dicom_window is not None else {}
+        return {"window": self.window} if self.window is not None else {}
 
     # ------------------------------------------------------------ loading
     def load_splits(self) -> SplitData:
         listing = self.list_items()
-        self.inspection = inspect_files([i.path for i in listing.items], self.cache_dir)
+        self.inspection = inspect_files([i.path for i in listing.items], self.cache_dir, window=self.window)
         facts = self.inspection.facts
         problems = listing.problems + file_problems(listing.items, facts)
         items = _without(listing.items, problems)
+        conflicts = conflicting_label_problems(items, facts)
+        problems += conflicts
+        items = _without(items, conflicts)
+        _warn_few_levels({i.path: facts[i.path] for i in items}, self.window)
         if listing.split_given:
             given = (
                 missing_class_problems(items, listing.classes, self.locate)
