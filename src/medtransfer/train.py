@@ -19,6 +19,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
+from medtransfer.callbacks.fit_on_validation import fitted_metrics
 from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.features.datamodule import head_training_data
 from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
@@ -99,19 +100,6 @@ def hparams_for_tensorboard(cfg: DictConfig) -> dict:
     return hp
 
 
-def fitted_on_validation(model: Classifier) -> dict[str, float]:
-    """The temperature and threshold fitted after training, as metrics.json keys (numbers only; the rule
-    is in operating_point.json)."""
-    metrics = {}
-    if model.calibration:
-        metrics["val/temperature"] = model.calibration["temperature"]
-        metrics["val/ece_before"] = model.calibration["val_ece_before"]
-        metrics["val/ece_after"] = model.calibration["val_ece_after"]
-    if model.threshold is not None:
-        metrics["threshold"] = model.threshold
-    return metrics
-
-
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train and test; returns the flat metrics written to metrics.json."""
     output_dir = Path(cfg.paths.output_dir)
@@ -128,7 +116,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(model, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, output_dir))
 
     best = model.best_metric.compute().item() if model.best_metric.update_count else float("nan")
-    metrics = {f"{cfg.optimized_metric}_best": best, **fitted_on_validation(model)}
+    metrics = {
+        f"{cfg.optimized_metric}_best": best,
+        **fitted_metrics(model.calibration, model.operating_point),
+    }
     if cfg.get("test", True):
         best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         results = trainer.test(model, datamodule=data, ckpt_path=best_path or None, weights_only=True)

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.plots import overlay_grid_figure
-from medtransfer.models.checkpoint import load_classifier
+from medtransfer.models.checkpoint import best_model
 
 SCAN_LIMIT = 512  # validation images looked at to find mistakes (the set stays cheap on large splits)
 
@@ -37,16 +37,8 @@ class ExplanationGrid(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.images <= 0 or trainer.datamodule is None or trainer.fast_dev_run:
             return
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
-        model = load_classifier(best) if best else pl_module
-        device = trainer.strategy.root_device
-        model.to(device)
-        try:
-            fig = self.figure(model, trainer.datamodule, device)
-        finally:
-            if model is pl_module:
-                model.cpu()
+        with best_model(trainer, pl_module) as model:
+            fig = self.figure(model, trainer.datamodule, model.device)
         if fig is None:
             return
         if self.output_dir is not None:

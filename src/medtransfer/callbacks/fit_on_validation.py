@@ -22,7 +22,7 @@ from medtransfer.evaluation.calibration import (
 )
 from medtransfer.evaluation.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
 from medtransfer.evaluation.split_report import write_decision_settings
-from medtransfer.models.checkpoint import add_to_checkpoint, load_classifier
+from medtransfer.models.checkpoint import add_to_checkpoint, best_model
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,15 @@ def fit_on_validation(
     return calibration, operating_point
 
 
+def fitted_metrics(calibration: dict | None, operating_point: dict | None) -> dict[str, float]:
+    """What was fitted, as metric keys: val/temperature, val/ece_before, val/ece_after, threshold (the
+    rule is in operating_point.json)."""
+    metrics = {f"val/{k.removeprefix('val_')}": v for k, v in (calibration or {}).items()}
+    if operating_point and operating_point.get("threshold") is not None:
+        metrics["threshold"] = operating_point["threshold"]
+    return metrics
+
+
 class FitOnValidation(L.Callback):
     """calibrate: fit a temperature. threshold_rule: youden | sensitivity | None (binary tasks only).
     target_sensitivity: for threshold_rule=sensitivity. output_dir: where calibration.json and
@@ -92,22 +101,20 @@ class FitOnValidation(L.Callback):
             return
         if trainer.fast_dev_run:  # a smoke test of one batch: no pass over the whole validation split
             return
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
         fitted = None
         if trainer.is_global_zero:  # every rank would compute the same; one does, the others receive it
-            model = load_classifier(best) if best else pl_module
-            device = trainer.strategy.root_device
-            model.to(device)
-            logits, targets = model.collect_logits(trainer.datamodule.dataloader("val"), device)
-            if model is pl_module:
-                model.cpu()
+            with best_model(trainer, pl_module) as model:
+                logits, targets = model.collect_logits(trainer.datamodule.dataloader("val"))
             fitted = fit_on_validation(
                 logits, targets, self.calibrate, self.threshold_rule, self.target_sensitivity
             )
-            if best:
+            if model is not pl_module:  # best.ckpt carries them to the test, eval and predict
                 calibration, operating_point = fitted
-                add_to_checkpoint(Path(best), calibration=calibration, operating_point=operating_point)
+                add_to_checkpoint(
+                    trainer.checkpoint_callback.best_model_path,
+                    calibration=calibration,
+                    operating_point=operating_point,
+                )
         calibration, operating_point = trainer.strategy.broadcast(fitted, src=0)
         pl_module.calibration, pl_module.operating_point = calibration, operating_point
         if trainer.is_global_zero:
@@ -116,12 +123,7 @@ class FitOnValidation(L.Callback):
 
     def write(self, trainer: L.Trainer, calibration: dict | None, operating_point: dict | None) -> None:
         """The fitted numbers as scalars, and calibration.json / operating_point.json."""
-        scalars = {}
-        if calibration:
-            scalars = {f"val/{k.removeprefix('val_')}": calibration[k] for k in calibration}
-        if operating_point and operating_point.get("threshold") is not None:
-            scalars["threshold"] = operating_point["threshold"]
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
+            logger.log_metrics(fitted_metrics(calibration, operating_point), step=trainer.global_step)
         if self.output_dir is not None:
             write_decision_settings(trainer.lightning_module, self.output_dir)

@@ -166,12 +166,3 @@ def evaluation_report(
                 logger.experiment.add_figure(tag, fig, global_step=step, close=False)
         plt.close(fig)
     return metrics
-
-
-def log_scalars(loggers: Iterable[Logger], metrics: dict[str, float], step: int) -> None:
-    """The report's numbers as scalars too (TensorBoard's HPARAMS table reads metric values from them)."""
-    if not metrics:
-        return
-    for logger in loggers:
-        logger.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
-        logger.save()

@@ -17,10 +17,6 @@ class Anatomy:
     groups: dict[str, list[nn.Module]]
     explanation_layer: nn.Module
 
-    @property
-    def stem(self) -> str:
-        return next(iter(self.groups))
-
 
 def resnet_anatomy(backbone: nn.Module, head: nn.Module) -> Anatomy:
     """torchvision ResNets: `stem` (conv1, bn1), `layer1` … `layer4`, `head`; Grad-CAM on layer4's last

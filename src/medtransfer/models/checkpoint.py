@@ -8,6 +8,8 @@ instantiating a stored `_target_`."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -56,3 +58,17 @@ def add_to_checkpoint(ckpt_path: str | Path, **entries) -> None:
     partial = path.with_name(path.name + ".partial")
     torch.save(checkpoint, partial)
     os.replace(partial, path)
+
+
+@contextmanager
+def best_model(trainer, pl_module: Classifier) -> Iterator[Classifier]:
+    """The run's best checkpoint as a model on the trainer's device (`pl_module` itself when no checkpoint
+    was written, moved back to the CPU after): what the end-of-fit callbacks fit and explain."""
+    callback = trainer.checkpoint_callback
+    best = callback.best_model_path if callback and callback.best_model_path else None
+    model = load_classifier(best) if best else pl_module
+    try:
+        yield model.to(trainer.strategy.root_device)
+    finally:
+        if model is pl_module:
+            model.cpu()

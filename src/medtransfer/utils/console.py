@@ -4,6 +4,7 @@ run's log file too (logger `medtransfer.console`: the file handler of conf/hydra
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Mapping
 
@@ -27,17 +28,9 @@ def show(renderable, style: str | None = None) -> None:
     """On the terminal (Rich) and, as plain text, in the log file."""
     console.print(renderable, style=style)
     if file_log.handlers:
-        plain = Console(width=120, color_system=None, force_terminal=False, record=True, file=_Null())
+        plain = Console(width=120, color_system=None, file=io.StringIO())
         plain.print(renderable)
-        file_log.info("\n%s", plain.export_text().rstrip())
-
-
-class _Null:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
+        file_log.info("\n%s", plain.file.getvalue().rstrip())
 
 
 @rank_zero_only
