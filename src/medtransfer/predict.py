@@ -24,6 +24,7 @@ from medtransfer.data.transforms import eval_transform
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.split_report import decision_text
 from medtransfer.models.checkpoint import load_classifier
+from medtransfer.utils.atomic_write import atomic_open, atomic_write_json
 from medtransfer.utils.console import console
 from medtransfer.utils.errors import DataError
 from medtransfer.utils.paths import CONFIG_DIR
@@ -99,7 +100,7 @@ def predict(
                 overlays.append(str(target))
     probs = torch.cat(all_probs).numpy()
     predicted = torch.cat(all_predicted).tolist()
-    with open(output, "w", newline="") as f:
+    with atomic_open(output, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
@@ -127,7 +128,7 @@ def predict(
         "explanations": str(explanations_dir) if explain else None,
         "explain_method": explain_method if explain else None,
     }
-    output.with_suffix(".json").write_text(json.dumps(settings, indent=2))
+    atomic_write_json(output.with_suffix(".json"), settings)
     return output
 
 

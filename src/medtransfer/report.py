@@ -15,6 +15,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from medtransfer.utils.atomic_write import atomic_open, atomic_write_text
 from medtransfer.utils.console import console, print_table
 
 COLUMNS = ("val_best", "test/auroc", "test/acc", "test/balanced_acc", "epochs", "wall_time_s")
@@ -67,7 +68,7 @@ def swept_keys(rows: list[dict]) -> list[str]:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -161,7 +162,7 @@ def report(
     print_table(f"sweep {multirun_dir}", rows, columns=["job", *keys, "status", *COLUMNS])
     paths = {"csv": out / "report.csv", "markdown": out / "report.md"}
     write_csv(rows, paths["csv"])
-    paths["markdown"].write_text(markdown(rows, keys))
+    atomic_write_text(paths["markdown"], markdown(rows, keys))
     png = plot(rows, keys, out / "report.png")
     if png:
         paths["png"] = png

@@ -5,7 +5,6 @@ optimized metric (what a sweeper maximizes)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -31,6 +30,8 @@ from medtransfer.features.datamodule import head_training_data
 from medtransfer.finetune.summary import layer_group_rows
 from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
+from medtransfer.utils.atomic_write import atomic_write_json
+from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, require_intact
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -45,7 +46,9 @@ from medtransfer.utils.distributed import (
 )
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
+from medtransfer.utils.run_lock import command_line_lock
 from medtransfer.utils.run_status import run_job
+from medtransfer.utils.sweep_jobs import job_in_run_dir
 
 
 def build_data(cfg: DictConfig) -> MedicalImageDataModule:
@@ -89,6 +92,7 @@ def build_trainer(cfg: DictConfig, model: Classifier, output_dir: Path) -> L.Tra
             enable_version_counter=False,
             auto_insert_metric_name=False,
             save_on_train_epoch_end=True,
+            save_weights_only=True,  # issue 13: weights + decision settings, no optimizer state (lean)
         ),
         # last.ckpt: every epoch (Lightning's save_last only follows top-k saves, so it can go stale)
         ModelCheckpoint(
@@ -119,6 +123,7 @@ def build_trainer(cfg: DictConfig, model: Classifier, output_dir: Path) -> L.Tra
     if strategy == "ddp" and not model.strategy.static:
         # layer groups that unfreeze mid-run get no gradient while frozen: DDP must expect unused parameters
         kwargs["strategy"] = DDPStrategy(find_unused_parameters=True)
+    kwargs["plugins"] = [AtomicCheckpointIO()]  # issue 13: atomic checkpoint writes, weights-only reads
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
 
 
@@ -174,7 +179,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     fit_data = head_training_data(
         datamodule, model, trainer, feature_cache.get("enabled", "auto"), feature_cache.get("dir")
     )
-    trainer.fit(model, datamodule=fit_data, ckpt_path=checkpoint_to_resume(cfg, output_dir))
+    trainer.fit(
+        model, datamodule=fit_data, ckpt_path=checkpoint_to_resume(cfg, output_dir), weights_only=True
+    )
 
     checkpoint = trainer.checkpoint_callback
     best_path = checkpoint.best_model_path if checkpoint and checkpoint.best_model_path else None
@@ -204,7 +211,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update(report)
     metrics["epochs"] = trainer.current_epoch
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(output_dir / "metrics.json", metrics)  # issue 13
         for logger in trainer.loggers:
             if isinstance(logger, HParamsTensorBoardLogger):
                 logger.log_hparams_with_metrics(
@@ -229,6 +236,7 @@ def resume_arguments(run_dir: str | Path) -> list[str]:
         raise ConfigError(
             f"resume={run_dir}: no checkpoints/last.ckpt yet (the run ended before its first epoch); start it again instead."
         )
+    require_intact(last, key="resume")  # issue 13: a truncated last.ckpt is named, with the last good one
     saved = [
         o
         for o in yaml.safe_load(overrides_file.read_text()) or []
@@ -249,15 +257,20 @@ def main() -> None:
             raise SystemExit(2) from None
         sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
     install_job_subprocess_command()
-    hydra_main()
+    # issue 13: lock a run/sweep dir named on the command line before Hydra writes into it
+    with command_line_lock(sys.argv[1:]):
+        hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
-    if cfg.get("print_config", True):
-        print_config(cfg)
-    with process_group_per_job():
-        metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
+    with job_in_run_dir(cfg) as earlier:  # issue 13: lock the run dir; sweep re-runs skip/resume jobs
+        if earlier is not None:
+            return earlier
+        if cfg.get("print_config", True):
+            print_config(cfg)
+        with process_group_per_job():
+            metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
     if isinstance(metrics, dict):
         return metrics.get(f"{cfg.optimized_metric}_best", float("nan"))
     return metrics

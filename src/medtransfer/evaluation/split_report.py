@@ -9,7 +9,6 @@ Metric keys (split = test, val …): <split>/ece (the model without temperature)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from medtransfer.evaluation.confidence_intervals import auroc, bootstrap_interva
 from medtransfer.evaluation.operating_point import rates_at_threshold
 from medtransfer.evaluation.per_class_report import per_class_rows, to_markdown, write_csv
 from medtransfer.evaluation.plots import pr_figure, reliability_figure, roc_figure
+from medtransfer.utils.atomic_write import atomic_write_json, atomic_write_text
 
 
 def decision_text(model) -> str:
@@ -108,14 +108,16 @@ def write_per_class_report(model, probs, targets, split: str, output_dir: Path) 
         notes.append(
             f"Probabilities with temperature {model.temperature:.4g} (fitted on the validation split)."
         )
-    (output_dir / "per_class_report.md").write_text(to_markdown(rows, f"Per-class report ({split})", notes))
+    atomic_write_text(
+        output_dir / "per_class_report.md", to_markdown(rows, f"Per-class report ({split})", notes)
+    )
 
 
 def write_decision_settings(model, output_dir: Path) -> None:
     """calibration.json and operating_point.json: what the checkpoint applies, with how it was chosen."""
     for name, settings in (("calibration", model.calibration), ("operating_point", model.operating_point)):
         if settings:
-            (output_dir / f"{name}.json").write_text(json.dumps(settings, indent=2))
+            atomic_write_json(output_dir / f"{name}.json", settings)
 
 
 def evaluation_report(
