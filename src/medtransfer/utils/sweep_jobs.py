@@ -152,7 +152,8 @@ def expected_jobs(sweep_dir: str | Path) -> list[tuple[str, list[str] | None]] |
             from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
             from hydra.core.override_parser.overrides_parser import OverridesParser
 
-            params = OmegaConf.to_container(sweeper.get("params") or {}, resolve=False) or {}
+            params = sweeper.get("params")
+            params = OmegaConf.to_container(params, resolve=False) if params else {}
             arguments = [f"{k}={v}" for k, v in params.items()]
             arguments += list(hydra_cfg.overrides.task)
             parsed = OverridesParser.create().parse_overrides(arguments)
@@ -185,3 +186,21 @@ def job_in_run_dir(cfg: DictConfig) -> Iterator[float | None]:
         raise SystemExit(2) from None
     with stack:
         yield earlier
+
+
+def job_state(job_dir: str | Path) -> str | None:
+    """The state of a job dir without a status.json: "running" (its lock is held by a live process),
+    "interrupted" (killed: a last.ckpt but no status), or None (unknown)."""
+    from medtransfer.utils.run_lock import lock_is_live, read_lock
+
+    job_dir = Path(job_dir)
+    if lock_is_live(read_lock(job_dir)):
+        return "running"
+    if (job_dir / "checkpoints" / "last.ckpt").is_file():
+        return "interrupted"
+    return None
+
+
+def unstarted_jobs(sweep_dir: str | Path, present: set[str]) -> list[tuple[str, list[str] | None]]:
+    """The sweep's jobs (expected_jobs) whose directories are not in `present` (names): never started."""
+    return [(name, overrides) for name, overrides in expected_jobs(sweep_dir) or [] if name not in present]
