@@ -75,3 +75,20 @@ class SlowBatches(L.Callback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"epoch{trainer.current_epoch}_batch{batch_idx}").touch()
         time.sleep(self.seconds)
+
+
+class InterruptJobOnce(L.Callback):
+    """Ctrl-C (KeyboardInterrupt) after the first training batch of sweep job `job`, once: the marker file
+    `out_dir/interrupted` records that it happened, so a re-run of the same sweep goes through."""
+
+    def __init__(self, job: int, out_dir: str):
+        self.job = job
+        self.marker = Path(out_dir) / "interrupted"
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.get().job.num == self.job and not self.marker.exists():
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.touch()
+            raise KeyboardInterrupt

@@ -5,7 +5,6 @@ every key and file named by the split. The checkpoint's temperature and threshol
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import hydra
@@ -19,6 +18,7 @@ from medtransfer.evaluation.metrics import classification_metrics
 from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
 from medtransfer.models.checkpoint import DATA_SOURCES, load_classifier
 from medtransfer.models.classifier import Classifier
+from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.console import print_metrics, setup_logging
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR
@@ -87,9 +87,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         evaluation_report(model, logits, targets, cfg.split, output_dir, loggers, 0, samples, seed)
     )
     write_decision_settings(model, output_dir)
-    (output_dir / "metrics.json").write_text(
-        json.dumps({"ckpt_path": str(cfg.ckpt_path), **metrics}, indent=2)
-    )
+    atomic_write_json(output_dir / "metrics.json", {"ckpt_path": str(cfg.ckpt_path), **metrics})
     print_metrics(metrics, title=f"{cfg.split} metrics of {cfg.ckpt_path}")
     return metrics
 

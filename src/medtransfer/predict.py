@@ -32,6 +32,7 @@ from medtransfer.data.transforms import eval_transform
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.split_report import decision_text
 from medtransfer.models.checkpoint import load_classifier
+from medtransfer.utils.atomic_write import atomic_open, atomic_write_json
 from medtransfer.utils.console import console
 from medtransfer.utils.errors import DataError
 from medtransfer.utils.paths import CONFIG_DIR
@@ -163,7 +164,7 @@ def predict(
     blank = [""] * (1 + len(model.class_names) + int(explain))
     rows.update({path: [path, *blank, f.reason] for path, f in bad.items()})
     # written whole, after every prediction; names that are not UTF-8 as their bytes (surrogateescape)
-    with open(output, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+    with atomic_open(output, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
         writer = csv.writer(f)
         writer.writerow(
             [
@@ -188,7 +189,7 @@ def predict(
         "explanations": str(explanations_dir) if explain else None,
         "explain_method": explain_method if explain else None,
     }
-    output.with_suffix(".json").write_text(json.dumps(settings, indent=2))
+    atomic_write_json(output.with_suffix(".json"), settings)
     return output
 
 

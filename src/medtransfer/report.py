@@ -15,7 +15,9 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from medtransfer.utils.atomic_write import atomic_open, atomic_write_text
 from medtransfer.utils.console import console, print_table
+from medtransfer.utils.sweep_jobs import job_state, unstarted_jobs
 
 COLUMNS = ("val_best", "test/auroc", "test/acc", "test/balanced_acc", "epochs", "wall_time_s")
 
@@ -31,7 +33,10 @@ def job_dirs(multirun_dir: Path) -> list[Path]:
 
 
 def collect(multirun_dir: str | Path) -> list[dict]:
-    """A row per job: its overrides (key=value), status, metrics, epochs and wall time."""
+    """A row per job: its overrides (key=value), status, metrics, epochs and wall time. Jobs that never
+    started (known from the sweep's multirun.yaml: every grid job, or n_trials of a sampler) are listed
+    with status "not started"; a job dir without status.json is "running" (its lock is held),
+    "interrupted" (a last.ckpt) or "unknown"."""
     rows = []
     for job in job_dirs(Path(multirun_dir)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
@@ -47,7 +52,7 @@ def collect(multirun_dir: str | Path) -> list[dict]:
             "job": job.name,
             "overrides": " ".join(overrides),
             **dict(o.split("=", 1) for o in overrides if "=" in o),
-            "status": status.get("status", "unknown" if not metrics else "completed"),
+            "status": status.get("status") or job_state(job) or ("completed" if metrics else "unknown"),
             "val_best": metrics.get(f"{optimized}_best"),
             **{k: v for k, v in metrics.items() if k != f"{optimized}_best"},
             "wall_time_s": status.get("wall_time_s"),
@@ -55,7 +60,11 @@ def collect(multirun_dir: str | Path) -> list[dict]:
             "dir": str(job),
         }
         rows.append(row)
-    return rows
+    # jobs of the sweep that never started (from its multirun.yaml), in job order
+    for name, overrides in unstarted_jobs(multirun_dir, {r["job"] for r in rows}):
+        pairs = dict(o.split("=", 1) for o in overrides or [] if "=" in o)
+        rows.append({"job": name, "overrides": " ".join(overrides or []), **pairs, "status": "not started"})
+    return sorted(rows, key=lambda r: int(r["job"]) if r["job"].isdigit() else math.inf)
 
 
 def swept_keys(rows: list[dict]) -> list[str]:
@@ -67,7 +76,7 @@ def swept_keys(rows: list[dict]) -> list[str]:
 
 def write_csv(rows: list[dict], path: Path) -> None:
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -161,7 +170,7 @@ def report(
     print_table(f"sweep {multirun_dir}", rows, columns=["job", *keys, "status", *COLUMNS])
     paths = {"csv": out / "report.csv", "markdown": out / "report.md"}
     write_csv(rows, paths["csv"])
-    paths["markdown"].write_text(markdown(rows, keys))
+    atomic_write_text(paths["markdown"], markdown(rows, keys))
     png = plot(rows, keys, out / "report.png")
     if png:
         paths["png"] = png

@@ -5,7 +5,6 @@ explanations, the test report) is its callbacks' work, listed in conf/callbacks/
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -24,6 +23,8 @@ from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.features.datamodule import head_training_data
 from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
+from medtransfer.utils.atomic_write import atomic_write_json
+from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, require_intact
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -38,7 +39,9 @@ from medtransfer.utils.distributed import (
 )
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
+from medtransfer.utils.run_lock import command_line_lock
 from medtransfer.utils.run_status import run_job
+from medtransfer.utils.sweep_jobs import job_in_run_dir
 
 
 def build_data(cfg: DictConfig) -> MedicalImageDataModule:
@@ -77,6 +80,7 @@ def build_trainer(cfg: DictConfig, model: Classifier) -> L.Trainer:
     if cfg.trainer.get("strategy", "auto") == "ddp" and not model.strategy.static:
         # layer groups that unfreeze mid-run get no gradient while frozen: DDP must expect unused parameters
         kwargs["strategy"] = DDPStrategy(find_unused_parameters=True)
+    kwargs["plugins"] = [AtomicCheckpointIO()]  # atomic checkpoint writes, weights-only reads
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
 
 
@@ -113,7 +117,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     data = head_training_data(
         datamodule, model, trainer, feature_cache.get("enabled", "auto"), feature_cache.get("dir")
     )
-    trainer.fit(model, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, output_dir))
+    trainer.fit(model, datamodule=data, ckpt_path=checkpoint_to_resume(cfg, output_dir), weights_only=True)
 
     best = model.best_metric.compute().item() if model.best_metric.update_count else float("nan")
     metrics = {
@@ -126,7 +130,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in results[0].items()})
     metrics["epochs"] = trainer.current_epoch
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(output_dir / "metrics.json", metrics)
         for logger in trainer.loggers:
             if isinstance(logger, HParamsTensorBoardLogger):
                 scalars = {k: v for k, v in metrics.items() if "/" in k and math.isfinite(v)}
@@ -149,6 +153,7 @@ def resume_arguments(run_dir: str | Path) -> list[str]:
         raise ConfigError(
             f"resume={run_dir}: no checkpoints/last.ckpt yet (the run ended before its first epoch); start it again instead."
         )
+    require_intact(last, key="resume")  # a truncated last.ckpt is named, with the last good one
     saved = [
         o
         for o in yaml.safe_load(overrides_file.read_text()) or []
@@ -169,16 +174,21 @@ def main() -> None:
             raise SystemExit(2) from None
         sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
     install_job_subprocess_command()
-    hydra_main()
+    # lock a run/sweep dir named on the command line before Hydra writes into it
+    with command_line_lock(sys.argv[1:]):
+        hydra_main()
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float:
     setup_logging()
-    if cfg.get("print_config", True):
-        print_config(cfg)
-    with process_group_per_job():
-        metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
+    with job_in_run_dir(cfg) as earlier:  # the run dir is locked; a sweep re-run skips or resumes jobs
+        if earlier is not None:
+            return earlier
+        if cfg.get("print_config", True):
+            print_config(cfg)
+        with process_group_per_job():
+            metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
     if isinstance(metrics, dict):
         return metrics.get(f"{cfg.optimized_metric}_best", float("nan"))
     return metrics

@@ -3,11 +3,12 @@ medtransfer made the split) and skipped.csv (when data.on_bad=skip left files ou
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
+
+from medtransfer.utils.atomic_write import atomic_write_json
 
 
 class RunFiles(L.Callback):
@@ -18,6 +19,6 @@ class RunFiles(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         dm = trainer.datamodule
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "data_summary.json").write_text(json.dumps(dm.summary(), indent=2))
+        atomic_write_json(self.output_dir / "data_summary.json", dm.summary())
         dm.write_splits_csv(self.output_dir / "splits.csv")
         dm.write_skipped_csv(self.output_dir / "skipped.csv")

@@ -19,6 +19,7 @@ from medtransfer.data.datasets import ArrayDataset, FileDataset, TensorListDatas
 from medtransfer.data.files.validation import Problem, left_out
 from medtransfer.data.splits import SPLITS
 from medtransfer.data.transforms import eval_transform, train_transform
+from medtransfer.utils.atomic_write import atomic_open
 from medtransfer.utils.errors import ConfigError, DataError
 from medtransfer.utils.normalization import IMAGENET_MEAN, IMAGENET_STD, for_channels
 
@@ -274,7 +275,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         if not rows:
             return False
         # file names that are not UTF-8 are written as their bytes (surrogateescape), as they are on disk
-        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "reason", "fix"])
             writer.writerows(rows)
@@ -286,7 +287,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         if not self.data.made_split:
             return False
         with_patients = any(self.data.splits[s].patients for s in SPLITS)
-        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "label", "split", *(["patient"] if with_patients else [])])
             for split in SPLITS:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from medtransfer.utils.atomic_write import atomic_open
+
 
 def per_class_rows(predictions, targets, class_names: Sequence[str]) -> list[dict]:
     """One row per true class: precision, recall, F1 (0 where undefined), support, and how many of its
@@ -35,7 +37,7 @@ def per_class_rows(predictions, targets, class_names: Sequence[str]) -> list[dic
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:

@@ -10,7 +10,6 @@ Metric keys (split = test, val …): <split>/ece (the model without temperature)
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from medtransfer.evaluation.plots import (
     reliability_figure,
     roc_figure,
 )
+from medtransfer.utils.atomic_write import atomic_write_json, atomic_write_text
 
 
 def decision_text(model) -> str:
@@ -124,7 +124,9 @@ def write_per_class_report(model, probs, targets, split: str, output_dir: Path) 
         notes.append(
             f"Probabilities with temperature {model.temperature:.4g} (fitted on the validation split)."
         )
-    (output_dir / "per_class_report.md").write_text(to_markdown(rows, f"Per-class report ({split})", notes))
+    atomic_write_text(
+        output_dir / "per_class_report.md", to_markdown(rows, f"Per-class report ({split})", notes)
+    )
 
 
 def write_decision_settings(model, output_dir: Path) -> None:
@@ -132,7 +134,7 @@ def write_decision_settings(model, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, settings in (("calibration", model.calibration), ("operating_point", model.operating_point)):
         if settings:
-            (output_dir / f"{name}.json").write_text(json.dumps(settings, indent=2))
+            atomic_write_json(output_dir / f"{name}.json", settings)
 
 
 def evaluation_report(

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from medtransfer.data.datamodule import Split
+from medtransfer.utils.checkpoint_io import load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class FeatureCache:
         if path is None or not path.is_file():
             return None
         try:
-            stored = torch.load(path, map_location="cpu", weights_only=True)
+            stored = load_checkpoint_file(path, key="feature_cache.dir")  # weights_only
         except Exception as err:  # a truncated or foreign file: computed again, and replaced
             log.warning("Feature cache %s is unreadable (%s); computing the features again.", path, err)
             return None

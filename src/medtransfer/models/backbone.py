@@ -12,6 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
+from medtransfer.utils.checkpoint_io import load_checkpoint_file
 from medtransfer.utils.errors import ConfigError, WeightsUnavailableError
 from medtransfer.utils.normalization import IMAGENET_MEAN, IMAGENET_STD, for_channels
 
@@ -91,7 +92,7 @@ def _read_local_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ConfigError(
             f"model.weights={path}: no such file. Give a state dict (.pt/.pth) or a medtransfer .ckpt."
         )
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+    blob = load_checkpoint_file(path, key="model.weights")  # weights_only; damaged or pickled: ConfigError
     state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
     prefix = "backbone."
     if any(k.startswith("model." + prefix) for k in state):  # a medtransfer checkpoint

@@ -7,7 +7,7 @@ instantiating a stored `_target_`."""
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from medtransfer.models.classifier import CHECKPOINT_FORMAT, Classifier
+from medtransfer.utils.atomic_write import atomic_write_bytes
+from medtransfer.utils.checkpoint_io import load_checkpoint_file
 from medtransfer.utils.errors import ConfigError
 
 # the data modules a checkpoint's data config may name (medtransfer-eval rebuilds its data from it)
@@ -28,18 +30,14 @@ DATA_SOURCES = (
 def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "cpu") -> Classifier:
     """The trained classifier (eval mode). Pretrained weights are not fetched again: the checkpoint has them.
     The backbone is not compiled (model.compile is for training): evaluation, prediction and Grad-CAM run
-    eagerly, with no warm-up and no compiler needed on the machine. Raises ConfigError for a missing file
-    or a checkpoint of an earlier medtransfer format."""
-    path = Path(ckpt_path).expanduser()
-    if not path.is_file():
-        raise ConfigError(
-            f"ckpt_path={path}: no such file. Give a checkpoint such as <run dir>/checkpoints/best.ckpt."
-        )
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    eagerly, with no warm-up and no compiler needed on the machine. Missing, damaged or pickled files
+    and checkpoints of an earlier medtransfer format are a ConfigError (weights_only whatever the
+    environment says)."""
+    checkpoint = load_checkpoint_file(ckpt_path, map_location=map_location, key="ckpt_path")
     found = (checkpoint.get("medtransfer") or {}).get("format", 1)
     if found != CHECKPOINT_FORMAT:
         raise ConfigError(
-            f"ckpt_path={path}: a checkpoint of format {found} (medtransfer < 0.2, which stored code "
+            f"ckpt_path={ckpt_path}: a checkpoint of format {found} (medtransfer < 0.2, which stored code "
             f"references); this medtransfer ({CHECKPOINT_FORMAT}) reads plain-data checkpoints only. "
             "Train again, or evaluate it with the medtransfer version that wrote it."
         )
@@ -51,13 +49,13 @@ def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "c
 
 def add_to_checkpoint(ckpt_path: str | Path, **entries) -> None:
     """Store `entries` in the checkpoint's medtransfer section, in place (written to a temporary file,
-    then renamed, so a crash never leaves half a checkpoint). Values must be plain data (weights_only)."""
+    fsynced, then renamed, so a crash or a full disk never leaves half a checkpoint). Values must be plain data (weights_only)."""
     path = Path(ckpt_path)
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = load_checkpoint_file(path, key="ckpt_path")
     checkpoint.setdefault("medtransfer", {}).update(entries)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())
 
 
 @contextmanager

@@ -1,2 +1,4 @@
 """The bottom layer: errors, paths, console and log file, run status, distributed helpers, config
-composition and normalization statistics. Imports nothing from medtransfer outside utils/."""
+composition and normalization statistics; durable runs (atomic file writes, weights-only checkpoint
+loading and the Trainer's CheckpointIO, the run-dir lock, sweep re-runs). Imports nothing from medtransfer
+outside utils/."""

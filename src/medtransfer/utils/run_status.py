@@ -3,7 +3,7 @@ run dir (completed with wall time, or failed with the error and a traceback file
 
 from __future__ import annotations
 
-import json
+import contextlib
 import time
 import traceback
 from collections.abc import Callable
@@ -15,8 +15,10 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from medtransfer.utils.atomic_write import RunFileWriteError, atomic_write_json, atomic_write_text
 from medtransfer.utils.console import print_error
 from medtransfer.utils.errors import UserError
+from medtransfer.utils.sweep_jobs import task_overrides
 
 
 def _is_multirun() -> bool:
@@ -27,9 +29,13 @@ def _is_multirun() -> bool:
 def write_status(output_dir: str | Path, status: str, wall_time_s: float, **extra: Any) -> None:
     path = Path(output_dir)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "status.json").write_text(
-        json.dumps({"status": status, "wall_time_s": round(wall_time_s, 2), **extra}, indent=2)
-    )
+    extra.setdefault("overrides", task_overrides())  # a sweep re-run compares them
+    try:  # atomic; a full disk must not hide the error being recorded
+        atomic_write_json(
+            path / "status.json", {"status": status, "wall_time_s": round(wall_time_s, 2), **extra}
+        )
+    except RunFileWriteError as err:
+        print_error(str(err), title="status.json not written")
 
 
 def user_error(err: BaseException) -> UserError | None:
@@ -58,7 +64,8 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
     except Exception as err:
         trace = Path(output_dir) / "traceback.txt"
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        trace.write_text(traceback.format_exc())
+        with contextlib.suppress(RunFileWriteError):
+            atomic_write_text(trace, traceback.format_exc())
         write_status(
             output_dir,
             "failed",
