@@ -102,8 +102,8 @@ class Classifier(L.LightningModule):
         if compile:  # in place (nn.Module.compile): no `_orig_mod.` in the state dict keys
             self.backbone.compile(**({} if compile is True else dict(compile)))
 
-        self.val_metrics = classification_metrics(num_classes, prefix="val/")
-        self.test_metrics = classification_metrics(num_classes, prefix="test/")
+        self.val_metrics = classification_metrics(num_classes, "val/", self.class_names)
+        self.test_metrics = classification_metrics(num_classes, "test/", self.class_names)
         self.best_metric = MaxMetric() if monitor_mode == "max" else MinMetric()
         self._outputs: dict[str, list[torch.Tensor]] = {"val": [], "test": []}
         self.predictions: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
