@@ -39,13 +39,14 @@ from medtransfer.utils.console import (
     print_table,
 )
 from medtransfer.utils.distributed import (
+    cpu_sync_batchnorm,
     install_job_subprocess_command,
     per_process_batch_size,
     process_group_per_job,
 )
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
-from medtransfer.utils.run_status import run_job
+from medtransfer.utils.run_status import run_job, sweep_objective
 
 
 def build_data(cfg: DictConfig) -> MedicalImageDataModule:
@@ -119,6 +120,7 @@ def build_trainer(cfg: DictConfig, model: Classifier, output_dir: Path) -> L.Tra
     if strategy == "ddp" and not model.strategy.static:
         # layer groups that unfreeze mid-run get no gradient while frozen: DDP must expect unused parameters
         kwargs["strategy"] = DDPStrategy(find_unused_parameters=True)
+    kwargs.update(cpu_sync_batchnorm(cfg.trainer))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
 
 
@@ -253,14 +255,14 @@ def main() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float | None:
     if cfg.get("print_config", True):
         print_config(cfg)
     with process_group_per_job():
         metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
-    if isinstance(metrics, dict):
-        return metrics.get(f"{cfg.optimized_metric}_best", float("nan"))
-    return metrics
+    key = f"{cfg.optimized_metric}_best"
+    value = metrics.get(key, float("nan")) if isinstance(metrics, dict) else metrics
+    return sweep_objective(value, cfg.paths.output_dir, key)  # None when not finite: a failed trial
 
 
 if __name__ == "__main__":
