@@ -18,7 +18,8 @@ from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule
 from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
 from medtransfer.models.checkpoint import load_classifier
 from medtransfer.models.classifier import Classifier
-from medtransfer.utils.console import print_metrics
+from medtransfer.utils.command_line import check_command_line, user_override
+from medtransfer.utils.console import console, print_metrics
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR
 from medtransfer.utils.run_status import run_job
@@ -30,7 +31,13 @@ def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalIma
     config = OmegaConf.create(model.hparams.data_config) if data_cfg is None else data_cfg
     if config is None:
         raise ConfigError("The checkpoint carries no data config: give one, e.g. data=folder data.root=DIR.")
-    datamodule = instantiate(config, image_size=model.preprocessing["image_size"])
+    side = model.preprocessing["image_size"]
+    asked = user_override("data.image_size")
+    if asked is not None and str(asked) != str(side):  # the network was trained at its own size
+        console.print(
+            f"[yellow]data.image_size={asked} is not used: the checkpoint's network takes {side}×{side} px.[/yellow]"
+        )
+    datamodule = instantiate(config, image_size=side)
     datamodule.prepare_data()
     datamodule.setup()
     if datamodule.classes != model.class_names:
@@ -83,8 +90,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def main() -> None:
+    """Console entry point: overrides Hydra cannot parse get medtransfer's message first."""
+    check_command_line()
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     run_job(lambda: evaluate(cfg), cfg.paths.output_dir)
 
 

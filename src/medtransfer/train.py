@@ -31,6 +31,7 @@ from medtransfer.features.datamodule import head_training_data
 from medtransfer.finetune.summary import layer_group_rows
 from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
+from medtransfer.utils.command_line import check_command_line, quoted_override
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -236,7 +237,7 @@ def resume_arguments(run_dir: str | Path) -> list[str]:
         for o in yaml.safe_load(overrides_file.read_text()) or []
         if not o.startswith(("ckpt_path=", "hydra."))
     ]
-    return [*saved, f"ckpt_path={last}", f'hydra.run.dir="{run_dir}"']
+    return [*saved, quoted_override("ckpt_path", last), quoted_override("hydra.run.dir", run_dir)]
 
 
 def main() -> None:
@@ -250,6 +251,7 @@ def main() -> None:
             print_error(str(err))
             raise SystemExit(2) from None
         sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
+    check_command_line()
     install_job_subprocess_command()
     hydra_main()
 
