@@ -5,6 +5,7 @@ every key and file named by the split. The checkpoint's temperature and threshol
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -19,10 +20,13 @@ from medtransfer.evaluation.split_report import evaluation_report, write_decisio
 from medtransfer.models.checkpoint import DATA_SOURCES, load_classifier
 from medtransfer.models.classifier import Classifier
 from medtransfer.utils.atomic_write import atomic_write_json
+from medtransfer.utils.command_line import check_command_line, user_override
 from medtransfer.utils.console import print_metrics, setup_logging
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR
 from medtransfer.utils.run_status import run_job
+
+log = logging.getLogger(__name__)
 
 
 def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalImageDataModule:
@@ -36,7 +40,11 @@ def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalIma
             f"The data config names {config.get('_target_')!r}, not one of medtransfer's data sources "
             f"({', '.join(DATA_SOURCES)}): give the data on the command line, e.g. data=folder data.root=DIR."
         )
-    datamodule = instantiate(config, image_size=model.preprocessing["image_size"])
+    side = model.preprocessing["image_size"]
+    asked = user_override("data.image_size")
+    if asked is not None and str(asked) != str(side):  # the network was trained at its own size
+        log.warning("data.image_size=%s is not used: the checkpoint's network takes %s×%s px.", asked, side, side)
+    datamodule = instantiate(config, image_size=side)
     datamodule.prepare_data()
     datamodule.setup()
     if datamodule.classes != model.class_names:
@@ -92,8 +100,14 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def main() -> None:
+    """Console entry point: overrides Hydra cannot parse get medtransfer's message first."""
+    check_command_line()
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     setup_logging()
     run_job(lambda: evaluate(cfg), cfg.paths.output_dir)
 

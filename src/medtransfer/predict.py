@@ -33,6 +33,7 @@ from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.split_report import decision_text
 from medtransfer.models.checkpoint import load_classifier
 from medtransfer.utils.atomic_write import atomic_open, atomic_write_json
+from medtransfer.utils.command_line import check_command_line
 from medtransfer.utils.console import console
 from medtransfer.utils.errors import DataError
 from medtransfer.utils.paths import CONFIG_DIR
@@ -193,8 +194,14 @@ def predict(
     return output
 
 
+def main() -> None:
+    """Console entry point: overrides Hydra cannot parse get medtransfer's message first."""
+    check_command_line()
+    hydra_main()
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     output = cfg.output or Path(cfg.paths.output_dir) / "predictions.csv"
 
     def job():

@@ -56,7 +56,7 @@ def collect(multirun_dir: str | Path) -> list[dict]:
             "val_best": metrics.get(f"{optimized}_best"),
             **{k: v for k, v in metrics.items() if k != f"{optimized}_best"},
             "wall_time_s": status.get("wall_time_s"),
-            "error": status.get("error", ""),
+            "error": status.get("error", status.get("objective", "")),
             "dir": str(job),
         }
         rows.append(row)
@@ -88,10 +88,22 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
+def problems(rows: list[dict]) -> list[str]:
+    """One line per job that failed, was interrupted or gave the sweeper no value: job, status and why."""
+    return [
+        f"job {r['job']} ({r['status']}): {str(r.get('error') or 'see its status.json').splitlines()[0]}"
+        for r in rows
+        if r["status"] != "completed" or r.get("error")
+    ]
+
+
 def markdown(rows: list[dict], keys: list[str]) -> str:
     columns = ["job", *keys, "status", *COLUMNS]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    listed = problems(rows)
+    if listed:
+        lines += ["", "Jobs without a result:", "", *[f"- {line}" for line in listed]]
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +189,8 @@ def report(
     failed = [r["job"] for r in rows if r["status"] != "completed"]
     if failed:
         console.print(f"[red]{len(failed)} job(s) did not complete: {', '.join(failed)}[/red]")
+    for line in problems(rows):
+        console.print(line, style="red", markup=False)
     return paths
 
 

@@ -25,6 +25,7 @@ from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
 from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, require_intact
+from medtransfer.utils.command_line import check_command_line, quoted_override
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -33,6 +34,7 @@ from medtransfer.utils.console import (
     setup_logging,
 )
 from medtransfer.utils.distributed import (
+    cpu_sync_batchnorm,
     install_job_subprocess_command,
     per_process_batch_size,
     process_group_per_job,
@@ -40,7 +42,7 @@ from medtransfer.utils.distributed import (
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
 from medtransfer.utils.run_lock import command_line_lock
-from medtransfer.utils.run_status import run_job
+from medtransfer.utils.run_status import run_job, sweep_objective
 from medtransfer.utils.sweep_jobs import job_in_run_dir
 
 
@@ -81,6 +83,7 @@ def build_trainer(cfg: DictConfig, model: Classifier) -> L.Trainer:
         # layer groups that unfreeze mid-run get no gradient while frozen: DDP must expect unused parameters
         kwargs["strategy"] = DDPStrategy(find_unused_parameters=True)
     kwargs["plugins"] = [AtomicCheckpointIO()]  # atomic checkpoint writes, weights-only reads
+    kwargs.update(cpu_sync_batchnorm(cfg.trainer))
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **kwargs)
 
 
@@ -159,7 +162,7 @@ def resume_arguments(run_dir: str | Path) -> list[str]:
         for o in yaml.safe_load(overrides_file.read_text()) or []
         if not o.startswith(("ckpt_path=", "hydra."))
     ]
-    return [*saved, f"ckpt_path={last}", f'hydra.run.dir="{run_dir}"']
+    return [*saved, quoted_override("ckpt_path", last), quoted_override("hydra.run.dir", run_dir)]
 
 
 def main() -> None:
@@ -173,6 +176,7 @@ def main() -> None:
             print_error(str(err))
             raise SystemExit(2) from None
         sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
+    check_command_line()
     install_job_subprocess_command()
     # lock a run/sweep dir named on the command line before Hydra writes into it
     with command_line_lock(sys.argv[1:]):
@@ -180,7 +184,7 @@ def main() -> None:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def hydra_main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float | None:
     setup_logging()
     with job_in_run_dir(cfg) as earlier:  # the run dir is locked; a sweep re-run skips or resumes jobs
         if earlier is not None:
@@ -189,9 +193,9 @@ def hydra_main(cfg: DictConfig) -> float:
             print_config(cfg)
         with process_group_per_job():
             metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
-    if isinstance(metrics, dict):
-        return metrics.get(f"{cfg.optimized_metric}_best", float("nan"))
-    return metrics
+    key = f"{cfg.optimized_metric}_best"
+    value = metrics.get(key, float("nan")) if isinstance(metrics, dict) else metrics
+    return sweep_objective(value, cfg.paths.output_dir, key)  # None when not finite: a failed trial
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ splits (`load_splits`); batching, transforms, class weights, the summary and the
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,7 @@ from medtransfer.utils.errors import ConfigError, DataError
 from medtransfer.utils.normalization import IMAGENET_MEAN, IMAGENET_STD, for_channels
 
 SAMPLERS = (None, "weighted")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -212,6 +214,24 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
             weights, len(labels), replacement=True, generator=torch.Generator().manual_seed(self.seed)
         )
 
+    def drop_single_last_batch(self) -> bool:
+        """Whether the train loader drops its last batch: only when it would hold one image (per process),
+        which BatchNorm cannot train on ("Expected more than 1 value per channel"). The order is shuffled,
+        so a different image sits out each epoch. Said once in the log."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        per_process = -(-len(self.data.splits["train"]) // world)
+        drop = self.batch_size > 1 and per_process > 1 and per_process % self.batch_size == 1
+        if drop and not getattr(self, "_said_drop_last", False):
+            self._said_drop_last = True
+            log.warning(
+                "data: %d training images per process in batches of %d leave a last batch of 1 image, which "
+                "BatchNorm cannot train on; it is dropped each epoch (a different image each time, the order "
+                "is shuffled). Change data.batch_size to keep every image in every epoch.",
+                per_process,
+                self.batch_size,
+            )
+        return drop
+
     @property
     def on_gpu(self) -> bool:
         """Whether the model runs on a CUDA GPU: the trainer's accelerator, or (no trainer yet) whether one
@@ -233,7 +253,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=bool(pin),
-            drop_last=False,
+            drop_last=split == "train" and shuffle and self.drop_single_last_batch(),
         )
 
     # ---------------------------------------------------------- reporting

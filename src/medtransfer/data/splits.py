@@ -7,17 +7,60 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from medtransfer.utils.errors import DataError
+
 SPLITS = ("train", "val", "test")
 
 
+MIN_PER_CLASS = 3  # one image each for train, val and test
+
+
+def _too_small(label, count: int, unit: str, val_fraction: float, test_fraction: float) -> DataError:
+    needed = 1 + (val_fraction > 0) + (test_fraction > 0)
+    label = label.item() if isinstance(label, np.generic) else label
+    return DataError(
+        f"Class {label!r} has {count} {unit}: too few to put one into each of train"
+        f"{', val' if val_fraction > 0 else ''}{' and test' if test_fraction > 0 else ''} "
+        f"(data.val_fraction={val_fraction}, data.test_fraction={test_fraction}); a split without the class "
+        f"cannot measure it. Add images of {label!r} (at least {needed} {unit}), leave the class out, or give "
+        "the split yourself (train/ val/ test/ folders, or a split column in the manifest)."
+    )
+
+
+def class_split_sizes(count: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """(n_val, n_test) for a class of `count` items: the fractions rounded, but at least one item in every
+    split whose fraction is above 0 and at least one left for train. Raises ValueError when `count` is too
+    small for that (fewer than 1 + the number of non-zero fractions)."""
+    n_test = round(test_fraction * count)
+    n_val = round(val_fraction * count)
+    if test_fraction > 0:
+        n_test = max(n_test, 1)
+    if val_fraction > 0:
+        n_val = max(n_val, 1)
+    while count - n_val - n_test < 1 and max(n_val, n_test) > 1:
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    if count - n_val - n_test < 1:
+        raise ValueError(f"{count} items cannot fill train, val and test")
+    return n_val, n_test
+
+
 def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """A split name per item: each class divided in the same proportions, shuffled by `seed`."""
+    """A split name per item: each class divided in the same proportions, shuffled by `seed`, with at least
+    one item of every class in train and in each split whose fraction is above 0.
+
+    Raises DataError naming the class when a class has too few items for that (fewer than 3 with both
+    fractions above 0)."""
     rng = np.random.default_rng(seed)
     assignment = np.empty(len(labels), dtype=object)
     for cls in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == cls))
-        n_test = round(test_fraction * len(idx))
-        n_val = round(val_fraction * len(idx))
+        try:
+            n_val, n_test = class_split_sizes(len(idx), val_fraction, test_fraction)
+        except ValueError:
+            raise _too_small(cls, len(idx), "images", val_fraction, test_fraction) from None
         assignment[idx[:n_test]] = "test"
         assignment[idx[n_test : n_test + n_val]] = "val"
         assignment[idx[n_test + n_val :]] = "train"
@@ -80,4 +123,51 @@ def grouped_split(
         s = int(np.argmin(np.where(fractions > 0, surplus, np.inf)))
         split_of_group[g] = s
         placed[s] += counts[g]
+    _every_class_everywhere(counts, split_of_group, fractions, class_ids, val_fraction, test_fraction)
     return np.array(SPLITS, dtype=object)[split_of_group[inverse]]
+
+
+def _every_class_everywhere(
+    counts: np.ndarray,
+    split_of_group: np.ndarray,
+    fractions: np.ndarray,
+    class_ids: np.ndarray,
+    val_fraction: float,
+    test_fraction: float,
+) -> None:
+    """Move whole groups (in place in `split_of_group`) until every class is in every split with a
+    fraction above 0: for a split lacking a class, the smallest group holding the class is taken from a
+    split that keeps at least one group of every class it gives up. Raises DataError for a class in too
+    few groups."""
+    wanted = [s for s in range(len(SPLITS)) if fractions[s] > 0]
+    for c in range(counts.shape[1]):
+        holders = np.flatnonzero(counts[:, c] > 0)
+        if len(holders) < len(wanted):
+            raise _too_small(
+                class_ids[c],
+                len(holders),
+                "patients (groups of images that stay together)",
+                val_fraction,
+                test_fraction,
+            )
+    for s in wanted:
+        for c in range(counts.shape[1]):
+            placed = np.array([counts[split_of_group == t].sum(0) for t in range(len(SPLITS))])
+            if placed[s, c] > 0:
+                continue
+            candidates = [
+                g
+                for g in np.flatnonzero(counts[:, c] > 0)
+                if split_of_group[g] != s
+                and np.all((placed[split_of_group[g]] - counts[g])[counts[g] > 0] > 0)
+            ]
+            if not candidates:
+                raise _too_small(
+                    class_ids[c],
+                    int((counts[:, c] > 0).sum()),
+                    "patients (groups of images that stay together)",
+                    val_fraction,
+                    test_fraction,
+                )
+            g = min(candidates, key=lambda g: counts[g].sum())
+            split_of_group[g] = s

@@ -108,6 +108,7 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
             batch_size=self.images.batch_size if split == "train" else self.images.eval_batch_size,
             shuffle=shuffle and sampler is None,
             sampler=sampler,
+            drop_last=split == "train" and shuffle and self.images.drop_single_last_batch(),
         )
 
     def inputs(self, split: str, indices: Sequence[int]) -> torch.Tensor:

@@ -3,6 +3,7 @@ medtransfer run), and adaptation of the stem to the data's channel count."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import urllib.error
@@ -86,20 +87,120 @@ def _download_state_dict(weights) -> dict[str, torch.Tensor]:
         socket.setdefaulttimeout(old_timeout)
 
 
-def _read_local_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A plain state dict, or the backbone of a medtransfer checkpoint (its head is dropped)."""
+# Where other trainers keep a ResNet's weights, most specific first: MoCo (DataParallel or not),
+# medtransfer / Lightning modules (`backbone.`, `model.backbone.`), self-supervised encoders (`encoder.`),
+# generic wrappers (`model.`) and DataParallel / DDP (`module.`).
+KNOWN_PREFIXES = (
+    "module.encoder_q.",
+    "encoder_q.",
+    "module.model.backbone.",
+    "model.backbone.",
+    "module.backbone.",
+    "backbone.",
+    "module.encoder.",
+    "encoder.",
+    "module.model.",
+    "model.",
+    "module.",
+)
+# keys under which checkpoints nest the state dict (Lightning/MoCo `state_dict`, DeiT/DINO `model`, ...)
+NESTING_KEYS = ("state_dict", "model", "model_state_dict", "net")
+# a state dict may lack these: they are counters, not weights
+OPTIONAL_SUFFIXES = ("num_batches_tracked",)
+
+log = logging.getLogger(__name__)
+
+
+def _first_keys(keys, n: int = 5) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", … ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _read_local_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a weights file and where they were found (`"the file"`, `"['state_dict']"`, ...).
+
+    Accepts a plain state dict, a checkpoint nesting one under `state_dict`, `model`, `model_state_dict`
+    or `net` (Lightning, MoCo, DINO ...), and a medtransfer checkpoint. Prefixes are not stripped here
+    (see `match_state_dict`). Raises ConfigError for a missing file or one that holds no tensors."""
     if not path.is_file():
         raise ConfigError(
             f"model.weights={path}: no such file. Give a state dict (.pt/.pth) or a medtransfer .ckpt."
         )
     blob = load_checkpoint_file(path, key="model.weights")  # weights_only; damaged or pickled: ConfigError
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else blob
-    prefix = "backbone."
-    if any(k.startswith("model." + prefix) for k in state):  # a medtransfer checkpoint
-        prefix = "model." + prefix
-    if any(k.startswith(prefix) for k in state):
-        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    return {k: v for k, v in state.items() if not k.startswith("fc.")}
+    where = "the file"
+    while isinstance(blob, dict) and not any(isinstance(v, torch.Tensor) for v in blob.values()):
+        key = next((k for k in NESTING_KEYS if isinstance(blob.get(k), dict)), None)
+        if key is None:
+            break
+        blob, where = blob[key], ("" if where == "the file" else where) + f"[{key!r}]"
+    state = {k: v for k, v in blob.items() if isinstance(v, torch.Tensor)} if isinstance(blob, dict) else {}
+    if not state:
+        found = _first_keys(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise ConfigError(
+            f"model.weights={path}: no tensors found (top-level keys: {found}). Give a state dict, or a "
+            f"checkpoint nesting one under one of {', '.join(NESTING_KEYS)}."
+        )
+    return state, where
+
+
+def match_state_dict(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str, name: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of `state` renamed and checked to load into a network whose state dict is `expected`,
+    and a one-line report of what was done.
+
+    The prefix (one of KNOWN_PREFIXES, or none) under which most keys match `expected` is stripped; keys
+    outside it (a MoCo key encoder, a queue) and the classifier `fc.*` are left out. A 1-channel stem
+    (`conv1.weight` of a grayscale medtransfer run) is expanded to the 3-channel one first. Raises
+    ConfigError, naming the first keys found and the fix, when nothing matches, a weight is missing or
+    unexpected, or a shape differs."""
+    wanted = {k for k in expected if not k.startswith("fc.")}
+    best_prefix, best = "", {}
+    for prefix in ("", *KNOWN_PREFIXES):
+        stripped = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        if len(wanted & stripped.keys()) > len(wanted & best.keys()):
+            best_prefix, best = prefix, stripped
+    fix = (
+        f"Give weights of a torchvision-style {name} (keys such as conv1.weight, layer1.0.conv1.weight), "
+        f"with model.backbone set to the architecture they were trained with, or model.weights=null."
+    )
+    if not wanted & best.keys():
+        raise ConfigError(
+            f"{source}: no {name} weights recognised (first keys: {_first_keys(state)}; prefixes tried: "
+            f"{', '.join(KNOWN_PREFIXES)}). {fix}"
+        )
+    head = [k for k in best if k.startswith("fc.")]
+    best = {k: v for k, v in best.items() if not k.startswith("fc.")}
+    if "conv1.weight" in best and best["conv1.weight"].ndim == 4:
+        best["conv1.weight"] = adapt_input_conv(best["conv1.weight"], expected["conv1.weight"].shape[1])
+    missing = [
+        k for k in expected if k not in best and not k.startswith("fc.") and not k.endswith(OPTIONAL_SUFFIXES)
+    ]
+    unexpected = [k for k in best if k not in expected]
+    mismatched = [
+        f"{k} {tuple(best[k].shape)} (expected {tuple(expected[k].shape)})"
+        for k in best
+        if k in expected and best[k].shape != expected[k].shape
+    ]
+    stripped_text = f"prefix {best_prefix!r} stripped" if best_prefix else "no prefix"
+    if missing or unexpected or mismatched:
+        problems = [
+            f"missing {_first_keys(missing, 3)}" if missing else "",
+            f"unexpected {_first_keys(unexpected, 3)}" if unexpected else "",
+            f"shapes differ: {_first_keys(mismatched, 3)}" if mismatched else "",
+        ]
+        raise ConfigError(
+            f"{source}: does not fit {name} ({stripped_text}; {'; '.join(p for p in problems if p)}). "
+            f"First keys in the file: {_first_keys(state, 3)}. {fix}"
+        )
+    left_out = len(state) - len(best) - len(head)
+    report = (
+        f"{source}: loaded {len(best)} tensors into {name} from {stripped_text}"
+        + (f", {len(head)} classifier (fc) tensors left out" if head else "")
+        + (f", {left_out} tensors outside the prefix ignored" if left_out else "")
+        + "."
+    )
+    return best, report
 
 
 def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -119,23 +220,21 @@ def build_backbone(name: str, weights: str | None = None, in_channels: int = 3) 
     """A torchvision ResNet without its classifier (`fc` is Identity) and its feature width.
 
     weights: None (random init), a torchvision weight name (`DEFAULT`, `IMAGENET1K_V1`, ...), or a path
-    to a state dict or a medtransfer checkpoint (whose head is dropped)."""
+    to a state dict or a checkpoint: a medtransfer one (whose head is dropped), or one saved by
+    DataParallel or self-supervised training (prefixes such as `module.encoder_q.` are stripped and
+    reported, see `match_state_dict`). Raises ConfigError for weights that do not fit, naming the keys."""
     _check_name(name)
     net = torchvision.models.get_model(name, weights=None)
     if weights is not None:
         if is_local_weights(weights):
-            state = _read_local_state_dict(Path(weights))
+            state, where = _read_local_state_dict(Path(weights))
+            source = f"model.weights={weights}" + ("" if where == "the file" else f" {where}")
+            state, report = match_state_dict(state, net.state_dict(), source, name)
+            log.info(report)
         else:
             state = _download_state_dict(weights_enum(name, weights))
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        state["conv1.weight"] = adapt_input_conv(state["conv1.weight"], 3)  # loaded into the RGB stem first
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing or unexpected:
-            raise ConfigError(
-                f"model.weights={weights}: does not fit {name} (missing {missing[:3]}, unexpected {unexpected[:3]}). "
-                f"Check model.backbone matches the backbone the weights were trained with."
-            )
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        net.load_state_dict(state, strict=False)  # checked above: only fc (replaced below) is missing
     if in_channels != 3:
         old = net.conv1
         net.conv1 = nn.Conv2d(

@@ -31,10 +31,11 @@ def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "c
     """The trained classifier (eval mode). Pretrained weights are not fetched again: the checkpoint has them.
     The backbone is not compiled (model.compile is for training): evaluation, prediction and Grad-CAM run
     eagerly, with no warm-up and no compiler needed on the machine. Missing, damaged or pickled files
-    and checkpoints of an earlier medtransfer format are a ConfigError (weights_only whatever the
-    environment says)."""
+    (weights_only whatever the environment says), foreign checkpoints (`check_checkpoint`) and
+    checkpoints of an earlier medtransfer format are a ConfigError."""
     checkpoint = load_checkpoint_file(ckpt_path, map_location=map_location, key="ckpt_path")
-    found = (checkpoint.get("medtransfer") or {}).get("format", 1)
+    check_checkpoint(checkpoint, ckpt_path)
+    found = checkpoint["medtransfer"].get("format", 1)
     if found != CHECKPOINT_FORMAT:
         raise ConfigError(
             f"ckpt_path={ckpt_path}: a checkpoint of format {found} (medtransfer < 0.2, which stored code "
@@ -45,6 +46,39 @@ def load_classifier(ckpt_path: str | Path, map_location: str | torch.device = "c
     model.load_state_dict(checkpoint["state_dict"])
     model.on_load_checkpoint(checkpoint)
     return model.to(map_location).eval()
+
+
+MEDTRANSFER_HPARAMS = ("backbone", "num_classes", "in_channels")
+
+
+def check_checkpoint(checkpoint, path: str | Path) -> None:
+    """Raise ConfigError unless `checkpoint` (what torch.load returned for `path`) is a medtransfer
+    classifier checkpoint: a dict with `state_dict`, `hyper_parameters` holding medtransfer's model
+    arguments (backbone, num_classes, in_channels) and the `medtransfer` section (class names,
+    preprocessing). Called before a model is built, so that a foreign file gets one sentence, not a
+    KeyError from deep inside Lightning."""
+    fix = "Give <run dir>/checkpoints/best.ckpt (or last.ckpt) of a medtransfer-train run."
+    if not isinstance(checkpoint, dict):
+        raise ConfigError(
+            f"ckpt_path={path}: not a checkpoint (it holds a {type(checkpoint).__name__}). {fix}"
+        )
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        tensors = any(isinstance(v, torch.Tensor) for v in checkpoint.values())
+        hint = (
+            " It looks like bare weights (a state dict): to start training from them use "
+            f"medtransfer-train model.weights={path}."
+            if tensors
+            else ""
+        )
+        raise ConfigError(f"ckpt_path={path}: not a Lightning checkpoint (no state_dict).{hint} {fix}")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    lacking = [k for k in MEDTRANSFER_HPARAMS if k not in hparams]
+    if lacking or not isinstance(checkpoint.get("medtransfer"), dict):
+        what = f"no {', '.join(lacking)} in its hyper_parameters" if lacking else "no medtransfer section"
+        raise ConfigError(
+            f"ckpt_path={path}: a checkpoint, but not of a medtransfer classifier ({what}); to start "
+            f"training from its weights use medtransfer-train model.weights={path}. {fix}"
+        )
 
 
 def add_to_checkpoint(ckpt_path: str | Path, **entries) -> None:

@@ -101,8 +101,8 @@ class Classifier(L.LightningModule):
         if compile:  # in place (nn.Module.compile): no `_orig_mod.` in the state dict keys
             self.backbone.compile(**({} if compile is True else dict(compile)))
 
-        self.val_metrics = classification_metrics(num_classes, prefix="val/")
-        self.test_metrics = classification_metrics(num_classes, prefix="test/")
+        self.val_metrics = classification_metrics(num_classes, "val/", self.class_names)
+        self.test_metrics = classification_metrics(num_classes, "test/", self.class_names)
         self.best_metric = MaxMetric() if monitor_mode == "max" else MinMetric()
         # fitted on the validation split after training (callbacks/fit_on_validation.py), kept in the
         # checkpoint: {"temperature", "val_ece_before", "val_ece_after"} and {"rule", "threshold", ...}

@@ -73,7 +73,13 @@ def print_data_summary(summary: Mapping) -> None:
     rows.append({"split": "class weight", **summary["class_weights"]})
     print_table("data", rows, columns=["split", *classes, "total"])
     sizes = summary.get("original_sizes") or {}
+    side = summary.get("image_size")
+    resized = sizes and side is not None and {*sizes["height"], *sizes["width"]} != {side}
     details = {
+        # what the network sees: every image is resized to this square, whatever a preset or the files say
+        "network input": f"{side}×{side} px" + (" (images resized to it)" if resized else "")
+        if side is not None
+        else None,
         "channels": summary["channels"],
         "image sizes": f"height {sizes['height'][0]}–{sizes['height'][1]}, width {sizes['width'][0]}–{sizes['width'][1]}"
         if sizes

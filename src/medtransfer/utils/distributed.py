@@ -47,6 +47,28 @@ def per_process_batch_size(global_batch_size: int, world_size: int) -> int:
     return global_batch_size // world_size
 
 
+def cpu_sync_batchnorm(trainer_cfg) -> dict:
+    """Trainer arguments that make `trainer.sync_batchnorm=true` runnable without a GPU: torch's
+    SyncBatchNorm only runs on CUDA ("SyncBatchNorm layers only work with GPU modules"), so on the CPU it is
+    turned off, loudly (each process then normalises with its own batch statistics, as plain DDP does).
+    Returns {} when nothing needs changing, else {"sync_batchnorm": False}."""
+    import torch
+
+    from medtransfer.utils.console import console
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator in ("auto", "None") and not torch.cuda.is_available())
+    if not (trainer_cfg.get("sync_batchnorm") and on_cpu):
+        return {}
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        console.print(
+            "[bold yellow]trainer.sync_batchnorm=true needs GPUs (torch's SyncBatchNorm runs on CUDA only); "
+            "training on the CPU with it off: each process normalises over its own share of the batch. "
+            "Add trainer.sync_batchnorm=false to silence this.[/bold yellow]"
+        )
+    return {"sync_batchnorm": False}
+
+
 DDP_ENV = (
     "LOCAL_RANK",
     "NODE_RANK",

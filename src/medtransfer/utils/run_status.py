@@ -4,6 +4,8 @@ run dir (completed with wall time, or failed with the error and a traceback file
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import time
 import traceback
 from collections.abc import Callable
@@ -49,7 +51,8 @@ def user_error(err: BaseException) -> UserError | None:
 
 def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
     """Call `fn`. A UserError becomes a short message (exit code 2 in a single run); inside a multirun any
-    failure is recorded and the sweep goes on with the next job (the job returns NaN)."""
+    failure is recorded and the sweep goes on with the next job (the job returns NaN; the train command
+    hands the sweeper None instead, see `sweep_objective`)."""
     start = time.time()
     try:
         result = fn()
@@ -88,3 +91,29 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
         return float("nan")
     write_status(output_dir, "completed", time.time() - start)
     return result
+
+
+def sweep_objective(value: Any, output_dir: str | Path, name: str = "the optimized metric") -> float | None:
+    """What a job returns to Hydra's sweeper: `value` as a float when it is a finite number, else None.
+
+    A NaN return crashes hydra-optuna-sweeper 1.3 (optuna refuses the value, then the sweeper tells the
+    failed trial with the NaN again: facebookresearch/hydra#2237) and so ends the whole sweep. None cannot
+    be cast to float, which the sweeper records as a failed trial (TrialState.FAIL) before going on with
+    the next. A completed job whose metric is not finite says so in its status.json ("objective")."""
+    number = float(value) if isinstance(value, int | float) else math.nan
+    if math.isfinite(number):
+        return number
+    status = Path(output_dir) / "status.json"
+    if _is_multirun() and status.is_file():
+        saved = json.loads(status.read_text())
+        if saved.get("status") == "completed":
+            saved["objective"] = (
+                f"{name} is {value}: the sweeper records this trial as failed (no value to compare)"
+            )
+            _rewrite_status(status, saved)
+    return None
+
+
+@rank_zero_only
+def _rewrite_status(path: Path, content: dict) -> None:
+    atomic_write_json(path, content)
