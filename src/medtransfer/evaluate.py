@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.data.splits import SPLITS
-from medtransfer.evaluation.metrics import classification_metrics
 from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
 from medtransfer.models.checkpoint import DATA_SOURCES, load_classifier
 from medtransfer.models.classifier import Classifier
@@ -58,9 +57,10 @@ def split_metrics(
 ):
     """The metrics a test epoch logs (acc, auroc …, and the loss averaged over batches of `batch_size` as
     Lightning averages it), of the deployed model (temperature applied), named `<split>/…`."""
-    scaled = logits / model.temperature
-    metrics = classification_metrics(model.hparams.num_classes, prefix=f"{split}/")
-    values = {k: float(v) for k, v in metrics(scaled.softmax(dim=1), targets).items()}
+    scaled = model.task.scale(logits, model.temperature)
+    metrics = model.task.metrics(model.hparams.num_classes, f"{split}/")
+    metrics.update(model.task.activation(scaled), targets)
+    values = {k: float(v) for k, v in metrics.compute().items()}
     with torch.no_grad():
         losses = [
             (len(y), float(model.loss(s, y)))

@@ -106,7 +106,8 @@ def fitted_on_validation(model: Classifier) -> dict[str, float]:
     is in operating_point.json)."""
     metrics = {}
     if model.calibration:
-        metrics["val/temperature"] = model.calibration["temperature"]
+        if not isinstance(model.calibration["temperature"], list):  # multi-label: calibration.json
+            metrics["val/temperature"] = model.calibration["temperature"]
         metrics["val/ece_before"] = model.calibration["val_ece_before"]
         metrics["val/ece_after"] = model.calibration["val_ece_after"]
     if model.threshold is not None:
@@ -140,7 +141,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         for logger in trainer.loggers:
             if isinstance(logger, HParamsTensorBoardLogger):
-                scalars = {k: v for k, v in metrics.items() if "/" in k and math.isfinite(v)}
+                # split/metric keys (per-label keys such as test/auroc/Effusion stay out of the table)
+                scalars = {k: v for k, v in metrics.items() if k.count("/") == 1 and math.isfinite(v)}
                 logger.log_hparams_with_metrics(hparams_for_tensorboard(cfg), scalars)
         print_metrics(metrics, title=f"metrics ({output_dir})")
     return metrics

@@ -251,3 +251,25 @@ def bootstrap_label_intervals(
             )
         macro_interval = interval(means)
     return label_intervals, macro_interval
+
+
+def fit_on_validation_multilabel(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    label_names: Sequence[str],
+    calibrate: bool,
+    rule: str | None,
+    target_sensitivity: float | None,
+) -> tuple[dict | None, dict | None]:
+    """(calibration, operating_point) of a multi-label model, fitted on validation logits (N, L; before any
+    temperature) and targets (N, L): per-label temperatures first (calibration["temperature"] is a list in
+    label order), then per-label thresholds on the calibrated probabilities (`fit_thresholds`)."""
+    calibration = None
+    probs = logits.float().sigmoid()
+    if calibrate:
+        temperatures = fit_temperatures(logits, targets)
+        calibration = {"temperature": temperatures, "val_ece_before": calibration_error(probs, targets)}
+        probs = (logits.float() / torch.tensor(temperatures)).sigmoid()
+        calibration["val_ece_after"] = calibration_error(probs, targets)
+    operating_point = fit_thresholds(probs, targets, label_names, rule, target_sensitivity) if rule else None
+    return calibration, operating_point

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from torchmetrics import MaxMetric, MinMetric
 
+from medtransfer.evaluation.multilabel import thresholds_of
 from medtransfer.evaluation.tasks import task_for
 from medtransfer.finetune.freezing import freeze_norm_statistics, set_trainable
 from medtransfer.finetune.param_groups import apply_lr_scales, param_groups
@@ -192,6 +193,13 @@ class Classifier(L.LightningModule):
         if self.task.name != "binary" or not self.operating_point:
             return None
         return self.operating_point.get("threshold")
+
+    @property
+    def thresholds(self) -> torch.Tensor | None:
+        """Multi-label tasks: (L,) the threshold of each label (0.5 where none was fitted); else None."""
+        if not self.task.multilabel:
+            return None
+        return thresholds_of(self.operating_point, self.class_names)
 
     def probabilities_of(self, logits: torch.Tensor) -> torch.Tensor:
         """Probabilities of raw logits as the model is deployed: softmax(logits / temperature), or for
