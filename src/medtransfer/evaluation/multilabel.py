@@ -243,12 +243,9 @@ def bootstrap_label_intervals(
     macro_interval = None
     if defined.any():
         chosen = values[:, defined]
-        with np.errstate(invalid="ignore"):
-            means = np.where(
-                np.isfinite(chosen).any(1),
-                np.nanmean(np.where(np.isfinite(chosen), chosen, np.nan), 1),
-                np.nan,
-            )
+        present = np.isfinite(chosen)
+        # the mean over the labels defined in each resample (NaN for a resample where none is)
+        means = np.where(present, chosen, 0.0).sum(1) / np.where(present.any(1), present.sum(1), np.nan)
         macro_interval = interval(means)
     return label_intervals, macro_interval
 
