@@ -15,7 +15,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.data.splits import SPLITS
-from medtransfer.evaluation.metrics import classification_metrics
 from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
 from medtransfer.models.checkpoint import DATA_SOURCES, load_classifier
 from medtransfer.models.classifier import Classifier
@@ -43,7 +42,9 @@ def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalIma
     side = model.preprocessing["image_size"]
     asked = user_override("data.image_size")
     if asked is not None and str(asked) != str(side):  # the network was trained at its own size
-        log.warning("data.image_size=%s is not used: the checkpoint's network takes %s×%s px.", asked, side, side)
+        log.warning(
+            "data.image_size=%s is not used: the checkpoint's network takes %s×%s px.", asked, side, side
+        )
     datamodule = instantiate(config, image_size=side)
     datamodule.prepare_data()
     datamodule.setup()
@@ -66,9 +67,10 @@ def split_metrics(
 ):
     """The metrics a test epoch logs (acc, auroc …, and the loss averaged over batches of `batch_size` as
     Lightning averages it), of the deployed model (temperature applied), named `<split>/…`."""
-    scaled = logits / model.temperature
-    metrics = classification_metrics(model.hparams.num_classes, prefix=f"{split}/")
-    values = {k: float(v) for k, v in metrics(scaled.softmax(dim=1), targets).items()}
+    scaled = model.task.scale(logits, model.temperature)
+    metrics = model.task.metrics(model.hparams.num_classes, f"{split}/")
+    metrics.update(model.task.activation(scaled), targets)
+    values = {k: float(v) for k, v in metrics.compute().items()}
     with torch.no_grad():
         losses = [
             (len(y), float(model.loss(s, y)))

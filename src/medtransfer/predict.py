@@ -2,7 +2,9 @@
 checkpoint (which carries the class names, preprocessing, temperature and threshold) and write
 predictions.csv: path, predicted class, one probability column per class (and with explain=true the path of
 a Grad-CAM overlay PNG per image, in explanations/ next to it); predictions.json says how the class was
-decided. Only file paths identify an image: nothing from a DICOM header is written.
+decided. A multi-label model writes prob_<label> and pred_<label> (0/1 at the label's threshold) for every
+label, and `prediction` joins the predicted labels with |; its overlays explain `explain_label=<label>`, or
+each image's top-scoring label. Only file paths identify an image: nothing from a DICOM header is written.
 
 The inputs are checked as training checks its data: archive and system debris (`__MACOSX/`, `._*`, hidden
 files) is ignored; every image is read and decoded in full first, and files that cannot be used are listed
@@ -34,8 +36,8 @@ from medtransfer.evaluation.split_report import decision_text
 from medtransfer.models.checkpoint import load_classifier
 from medtransfer.utils.atomic_write import atomic_open, atomic_write_json
 from medtransfer.utils.command_line import check_command_line
-from medtransfer.utils.console import console
-from medtransfer.utils.errors import DataError
+from medtransfer.utils.console import console, setup_logging
+from medtransfer.utils.errors import ConfigError, DataError
 from medtransfer.utils.paths import CONFIG_DIR
 from medtransfer.utils.run_status import run_job
 
@@ -106,13 +108,17 @@ def predict(
     num_workers="auto",
     explain: bool = False,
     explain_method: str = "gradcam",
+    explain_label: str | None = None,
 ) -> Path:
     """Write predictions.csv (path, prediction, prob_<class>…, with explain: the overlay's path) and, next
     to it, predictions.json (how the prediction was decided). The checkpoint's temperature scales the
-    probabilities; for binary tasks its threshold decides the class."""
+    probabilities; for binary tasks its threshold decides the class, for multi-label tasks each label's
+    threshold decides that label. explain_label: the class (label) whose heatmap is drawn for every image;
+    None: the predicted class (multi-label: the top-scoring label)."""
     if explain:
         check_method(explain_method)
     model = load_classifier(ckpt_path)
+    explained = explained_index(model, explain_label)
     prep = model.preprocessing
     window = window_from_config(model.hparams.get("data_config"))  # as the model was trained
     decode_options = {"window": window} if window is not None else {}
@@ -135,16 +141,18 @@ def predict(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     explanations_dir = output.parent / "explanations"
-    all_probs, all_predicted, overlays = [], [], []
+    all_probs, all_predicted, overlays, explained_labels = [], [], [], []
     for x, _ in loader:
         with torch.inference_mode():
             probs = model.probabilities(x)
         predicted = model.decide(probs)
         all_probs.append(probs)
         all_predicted.append(predicted)
-        if explain:  # the heatmap of the predicted class, over the original image (its own size)
+        if explain:  # the heatmap of the explained class, over the original image (its own size)
             start = len(overlays)  # one overlay per image so far
-            maps = heatmaps(model, x, predicted.tolist(), explain_method)
+            targets = explain_targets(model, probs, predicted, explained)
+            explained_labels += [model.class_names[t] for t in targets]
+            maps = heatmaps(model, x, targets, explain_method)
             for path, heat in zip(paths[start : start + len(x)], maps, strict=True):
                 target = overlay_path(path, input_path, explanations_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -152,17 +160,22 @@ def predict(
                 overlays.append(str(target))
     probs = torch.cat(all_probs).numpy()
     predicted = torch.cat(all_predicted).tolist()
+    multilabel = model.task.multilabel
     rows = {
         path: [
             path,
-            model.class_names[predicted[i]],
+            prediction_text(model, predicted[i]),
             *[f"{v:.6f}" for v in p],
+            *(predicted[i] if multilabel else []),
             *([overlays[i]] if explain else []),
+            *([explained_labels[i]] if explain and multilabel else []),
             *([""] if bad else []),
         ]
         for i, (path, p) in enumerate(zip(paths, probs, strict=True))
     }
-    blank = [""] * (1 + len(model.class_names) + int(explain))
+    blank = [""] * (
+        1 + len(model.class_names) * (2 if multilabel else 1) + int(explain) * (2 if multilabel else 1)
+    )
     rows.update({path: [path, *blank, f.reason] for path, f in bad.items()})
     # written whole, after every prediction; names that are not UTF-8 as their bytes (surrogateescape)
     with atomic_open(output, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -172,7 +185,9 @@ def predict(
                 "path",
                 "prediction",
                 *[f"prob_{c}" for c in model.class_names],
+                *([f"pred_{c}" for c in model.class_names] if multilabel else []),
                 *(["explanation"] if explain else []),
+                *(["explained_label"] if explain and multilabel else []),
                 *(["error"] if bad else []),
             ]
         )
@@ -186,12 +201,44 @@ def predict(
         ],
         "decision": decision_text(model),
         "threshold": model.threshold,
+        **(
+            {"thresholds": dict(zip(model.class_names, model.thresholds.tolist(), strict=True))}
+            if multilabel
+            else {}
+        ),
         "temperature": model.temperature,
         "explanations": str(explanations_dir) if explain else None,
         "explain_method": explain_method if explain else None,
+        "explain_label": explain_label if explain else None,
     }
     atomic_write_json(output.with_suffix(".json"), settings)
     return output
+
+
+def explained_index(model, label: str | None) -> int | None:
+    """The index of `explain_label` among the model's classes (labels); ConfigError for another name."""
+    if label is None:
+        return None
+    if label not in model.class_names:
+        raise ConfigError(
+            f"explain_label={label!r}: not one of the checkpoint's labels ({', '.join(model.class_names)})."
+        )
+    return model.class_names.index(label)
+
+
+def explain_targets(model, probs: torch.Tensor, predicted: torch.Tensor, label: int | None) -> list[int]:
+    """The output each image's heatmap explains: `label` when given, else the predicted class, or for a
+    multi-label model the top-scoring label."""
+    if label is not None:
+        return [label] * len(probs)
+    return (probs.argmax(dim=1) if model.task.multilabel else predicted).tolist()
+
+
+def prediction_text(model, decision) -> str:
+    """The predicted class; multi-label: the predicted labels joined by | ("" for none)."""
+    if model.task.multilabel:
+        return "|".join(c for c, d in zip(model.class_names, decision, strict=True) if d)
+    return model.class_names[decision]
 
 
 def main() -> None:
@@ -202,6 +249,7 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def hydra_main(cfg: DictConfig) -> None:
+    setup_logging()
     output = cfg.output or Path(cfg.paths.output_dir) / "predictions.csv"
 
     def job():
@@ -213,6 +261,7 @@ def hydra_main(cfg: DictConfig) -> None:
             cfg.num_workers,
             explain=bool(cfg.get("explain", False)),
             explain_method=cfg.get("explain_method", "gradcam"),
+            explain_label=cfg.get("explain_label"),
         )
         settings = json.loads(written.with_suffix(".json").read_text())
         console.print(f"predictions: {written} (predicted class: {settings['decision']})")

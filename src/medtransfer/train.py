@@ -54,14 +54,16 @@ def build_data(cfg: DictConfig) -> MedicalImageDataModule:
 
 
 def build_model(cfg: DictConfig, datamodule: MedicalImageDataModule) -> Classifier:
-    """The classifier sized by the data (class names, input channels, class counts), with the optimizer,
+    """The classifier sized by the data (class names, task, input channels, class or label counts), with the optimizer,
     scheduler and freezing strategy of their config groups."""
     model = instantiate(
         cfg.model,
         num_classes=datamodule.num_classes,
         in_channels=datamodule.num_channels,
         class_names=datamodule.classes,
+        task=datamodule.task,
         class_counts=datamodule.class_counts("train"),
+        known_counts=datamodule.known_counts("train"),
         image_size=datamodule.image_size,
         monitor=cfg.optimized_metric,
         data_config=absolute_paths(OmegaConf.to_container(cfg.data, resolve=True)),
@@ -136,7 +138,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         atomic_write_json(output_dir / "metrics.json", metrics)
         for logger in trainer.loggers:
             if isinstance(logger, HParamsTensorBoardLogger):
-                scalars = {k: v for k, v in metrics.items() if "/" in k and math.isfinite(v)}
+                # split/metric keys (per-label keys such as test/auroc/Effusion stay out of the table)
+                scalars = {k: v for k, v in metrics.items() if k.count("/") == 1 and math.isfinite(v)}
                 logger.log_hparams_with_metrics(hparams_for_tensorboard(cfg), scalars)
         print_metrics(metrics, title=f"metrics ({output_dir})")
     return metrics

@@ -3,7 +3,11 @@ of every class, explained by the best checkpoint (with its fitted temperature an
 TensorBoard (`val/explanations`) and explanations.png in the run dir.
 
 The set is fixed: validation images in a seeded order, the first ones per (class, correct|wrong) taken.
-Per class up to ceil(images / classes) overlays, half of them mistakes when there are that many."""
+Per class up to ceil(images / classes) overlays, half of them mistakes when there are that many.
+
+Multi-label models: with `label` (callbacks.explanations.label=Effusion) the heatmaps explain that label,
+on images with and without it (half of each row mistakes when there are that many); without, each image
+(those with findings first) is explained for its top-scoring label."""
 
 from __future__ import annotations
 
@@ -19,15 +23,22 @@ from lightning.pytorch.utilities import rank_zero_only
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.plots import overlay_grid_figure
 from medtransfer.models.checkpoint import best_model
+from medtransfer.utils.errors import ConfigError
 
 SCAN_LIMIT = 512  # validation images looked at to find mistakes (the set stays cheap on large splits)
 
 
 class ExplanationGrid(L.Callback):
     def __init__(
-        self, output_dir: str | None = None, method: str = "gradcam", images: int = 8, seed: int = 0
+        self,
+        output_dir: str | None = None,
+        method: str = "gradcam",
+        images: int = 8,
+        seed: int = 0,
+        label: str | None = None,
     ):
         check_method(method)
+        self.label = label
         self.output_dir = Path(output_dir) if output_dir else None
         self.method = method
         self.images = int(images)
@@ -50,6 +61,93 @@ class ExplanationGrid(L.Callback):
                     "val/explanations", fig, global_step=trainer.global_step, close=False
                 )
         plt.close(fig)
+
+    def scan(self, model, datamodule, device) -> tuple[list[int], torch.Tensor]:
+        """Validation indices in the seeded order (up to SCAN_LIMIT) and the deployed model's probabilities
+        of them, computed on the data module's model inputs (cached features, when it trains on them)."""
+        labels = datamodule.dataset("val").labels
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
+        order = order[:SCAN_LIMIT].tolist()
+        probs = []
+        for start in range(0, len(order), 64):
+            x = datamodule.inputs("val", order[start : start + 64]).to(device)
+            with torch.inference_mode():
+                probs.append(model.probabilities(x).cpu())
+        return order, torch.cat(probs)
+
+    def select_multilabel(self, model, datamodule, device) -> tuple[list[tuple[int, int, float]], list]:
+        """(index, explained label, its probability) of the chosen images, and their row keys."""
+        names = model.class_names
+        if self.label is not None and self.label not in names:
+            raise ConfigError(
+                f"callbacks.explanations.label={self.label!r}: not one of the labels ({', '.join(names)})."
+            )
+        labels = datamodule.dataset("val").labels
+        order, probs = self.scan(model, datamodule, device)
+        decided = model.decide(probs)
+        if self.label is None:  # images with findings first, each explained for its top-scoring label
+            ranked = sorted(range(len(order)), key=lambda j: not bool((labels[order[j]] == 1).any()))
+            chosen = []
+            for j in ranked[: self.images]:
+                top = int(probs[j].argmax())
+                chosen.append((order[j], top, float(probs[j, top])))
+            return chosen, ["" for _ in chosen]
+        k = names.index(self.label)
+        per_row = math.ceil(self.images / 2)
+        chosen, keys = [], []
+        for truth in (1, 0):
+            found = {True: [], False: []}
+            for j, i in enumerate(order):
+                if labels[i, k] == truth:
+                    found[bool(decided[j, k] == truth)].append((i, k, float(probs[j, k])))
+            wrong = found[False][: per_row // 2]
+            right = found[True][: per_row - len(wrong)]
+            wrong = found[False][: per_row - len(right)]
+            chosen += right + wrong
+            keys += [truth] * len(right + wrong)
+        return chosen, keys
+
+    def multilabel_figure(self, model, datamodule, device):
+        chosen, keys = self.select_multilabel(model, datamodule, device)
+        if not chosen:
+            return None
+        names = model.class_names
+        dataset = datamodule.dataset("val")
+        items = [dataset[i] for i, _, _ in chosen]
+        maps = heatmaps(
+            model, torch.stack([x for x, _ in items]).to(device), [k for _, k, _ in chosen], self.method
+        )
+        thresholds = model.thresholds
+        rows: dict = {}
+        for n, ((_, k, prob), (image, target), heat, key) in enumerate(
+            zip(chosen, items, maps, keys, strict=True)
+        ):
+            truth = "|".join(c for c, t in zip(names, target.tolist(), strict=True) if t == 1) or "none"
+            rows.setdefault(key if self.label is not None else n // 4, []).append(
+                {
+                    "image": overlay(self.shown(model, image), heat),
+                    "caption": f"{names[k]} {prob:.2f}\ntrue: {truth}"[:60],
+                    "correct": (prob >= float(thresholds[k])) == (float(target[k]) == 1),
+                }
+            )
+        if self.label is not None:
+            order = [key for key in (1, 0) if key in rows]
+            row_labels = [self.label if key == 1 else f"no {self.label}" for key in order]
+            title = f"{self.method} of {self.label} on validation images (red: mistakes at its threshold)"
+            return overlay_grid_figure([rows[key] for key in order], row_labels, title)
+        return overlay_grid_figure(
+            list(rows.values()),
+            ["" for _ in rows],
+            f"{self.method} of each image's top-scoring label (red: wrong at its threshold)",
+            row_prefix="",
+        )
+
+    @staticmethod
+    def shown(model, image: torch.Tensor) -> torch.Tensor:
+        """The network input back as uint8 (C, H, W)."""
+        mean = torch.tensor(model.preprocessing["mean"]).view(-1, 1, 1)
+        std = torch.tensor(model.preprocessing["std"]).view(-1, 1, 1)
+        return ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
 
     def select(self, model, datamodule, device) -> list[tuple[int, int, float]]:
         """(index, predicted class, its probability) of the chosen images, in class order. The scan runs
@@ -80,6 +178,8 @@ class ExplanationGrid(L.Callback):
 
     def figure(self, model, datamodule, device):
         """The grid figure, or None when the split gave no image."""
+        if model.task.multilabel:
+            return self.multilabel_figure(model, datamodule, device)
         chosen = self.select(model, datamodule, device)
         dataset = datamodule.dataset("val")
         if not chosen:

@@ -1,5 +1,6 @@
 """After training: the best checkpoint's predictions on the validation split fit the temperature
-(calibrate=true) and, for binary tasks, the decision threshold (threshold.rule). Both are set on the model
+(calibrate=true) and, for binary tasks, the decision threshold (threshold.rule); for multi-label tasks one
+temperature and one threshold per label (evaluation/multilabel.py). Both are set on the model
 and stored in best.ckpt before it is tested, so the test metrics, medtransfer-eval and medtransfer-predict
 all use them.
 
@@ -20,6 +21,7 @@ from medtransfer.evaluation.calibration import (
     fit_temperature,
     scaled_probabilities,
 )
+from medtransfer.evaluation.multilabel import fit_on_validation_multilabel
 from medtransfer.evaluation.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
 from medtransfer.evaluation.split_report import write_decision_settings
 from medtransfer.models.checkpoint import add_to_checkpoint, best_model
@@ -70,14 +72,19 @@ def fit_on_validation(
 def fitted_metrics(calibration: dict | None, operating_point: dict | None) -> dict[str, float]:
     """What was fitted, as metric keys: val/temperature, val/ece_before, val/ece_after, threshold (the
     rule is in operating_point.json)."""
-    metrics = {f"val/{k.removeprefix('val_')}": v for k, v in (calibration or {}).items()}
+    metrics = {  # a multi-label model's per-label temperatures are in calibration.json only
+        f"val/{k.removeprefix('val_')}": v
+        for k, v in (calibration or {}).items()
+        if isinstance(v, int | float)
+    }
     if operating_point and operating_point.get("threshold") is not None:
         metrics["threshold"] = operating_point["threshold"]
     return metrics
 
 
 class FitOnValidation(L.Callback):
-    """calibrate: fit a temperature. threshold_rule: youden | sensitivity | None (binary tasks only).
+    """calibrate: fit a temperature. threshold_rule: youden | sensitivity | None (binary and multi-label
+    tasks).
     target_sensitivity: for threshold_rule=sensitivity. output_dir: where calibration.json and
     operating_point.json go (what best.ckpt applies, with how it was chosen); the fitted numbers are also
     logged as scalars (val/temperature, threshold …)."""
@@ -96,8 +103,8 @@ class FitOnValidation(L.Callback):
         self.target_sensitivity = target_sensitivity
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        binary = pl_module.hparams.num_classes == 2
-        if trainer.datamodule is None or not (self.calibrate or (self.threshold_rule and binary)):
+        thresholded = pl_module.task.name in ("binary", "multilabel")
+        if trainer.datamodule is None or not (self.calibrate or (self.threshold_rule and thresholded)):
             return
         if trainer.fast_dev_run:  # a smoke test of one batch: no pass over the whole validation split
             return
@@ -105,9 +112,24 @@ class FitOnValidation(L.Callback):
         if trainer.is_global_zero:  # every rank would compute the same; one does, the others receive it
             with best_model(trainer, pl_module) as model:
                 logits, targets = model.collect_logits(trainer.datamodule.dataloader("val"))
-            fitted = fit_on_validation(
-                logits, targets, self.calibrate, self.threshold_rule, self.target_sensitivity
-            )
+            if model.task.multilabel:
+                fitted = fit_on_validation_multilabel(
+                    logits,
+                    targets,
+                    model.class_names,
+                    self.calibrate,
+                    self.threshold_rule,
+                    self.target_sensitivity,
+                )
+                if fitted[1] and fitted[1]["not_fitted"]:
+                    log.warning(
+                        "threshold: %s hold(s) one class on the validation split; left at 0.5.",
+                        ", ".join(fitted[1]["not_fitted"]),
+                    )
+            else:
+                fitted = fit_on_validation(
+                    logits, targets, self.calibrate, self.threshold_rule, self.target_sensitivity
+                )
             if model is not pl_module:  # best.ckpt carries them to the test, eval and predict
                 calibration, operating_point = fitted
                 add_to_checkpoint(

@@ -20,18 +20,23 @@ from medtransfer.data.datasets import ArrayDataset, FileDataset, TensorListDatas
 from medtransfer.data.files.validation import Problem, left_out
 from medtransfer.data.splits import SPLITS
 from medtransfer.data.transforms import eval_transform, train_transform
+from medtransfer.evaluation.tasks import check_task
 from medtransfer.utils.atomic_write import atomic_open
 from medtransfer.utils.errors import ConfigError, DataError
 from medtransfer.utils.normalization import IMAGENET_MEAN, IMAGENET_STD, for_channels
 
 SAMPLERS = (None, "weighted")
+MISSING_LABELS = ("mask", "negative")
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Split:
-    """One split: integer labels, image file paths and/or the uint8 images in memory (an (N, H, W[, C])
-    array, or a list of (C, H, W) tensors of any sizes), and the patient of each image when known."""
+    """One split: its labels, image file paths and/or the uint8 images in memory (an (N, H, W[, C])
+    array, or a list of (C, H, W) tensors of any sizes), and the patient of each image when known.
+    labels: single-label data (N,) int64 class indices; multi-label data (N, L) float32, 1 positive,
+    0 negative, NaN unknown."""
 
     labels: np.ndarray
     paths: list[str] | None = None
@@ -44,9 +49,10 @@ class Split:
 
 @dataclass
 class SplitData:
-    classes: list[str]
+    classes: list[str]  # the class names; multi-label data: the label names, in column order
     splits: dict[str, Split]
     channels: int
+    multilabel: bool = False  # labels (N, L): several labels per image (see Split)
     made_split: bool = (
         False  # True when medtransfer assigned the files to splits (then splits.csv is written)
     )
@@ -91,6 +97,10 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
     image_size: side of the square network input. augment: see `train_transform`.
     num_workers: an int, or "auto". mean/std: set by training from the backbone's weights.
     sampler: None (shuffle) or "weighted": every class drawn equally often in the train loader (seeded).
+    task: auto (inferred: multilabel when the source gives several labels per image, else binary for two
+    classes and multiclass for more) | binary | multiclass | multilabel; a stated task the data does not
+    fit is a ConfigError. missing_label (multi-label data): mask (an unknown label is left out of the loss
+    and metrics) | negative (read as 0).
     """
 
     def __init__(
@@ -105,8 +115,18 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         seed: int = 42,
         pin_memory: bool | str = "auto",
         sampler: str | None = None,
+        task: str = "auto",
+        missing_label: str = "mask",
     ):
         super().__init__()
+        check_task(task)
+        if missing_label not in MISSING_LABELS:
+            raise ConfigError(
+                f"data.missing_label={missing_label!r}: use mask (unknown labels left out of the loss) or "
+                "negative (unknown read as 0)."
+            )
+        self.requested_task = task
+        self.missing_label = missing_label
         if sampler not in SAMPLERS:
             raise ConfigError(f"data.sampler={sampler!r}: use null (shuffle) or weighted (balanced classes).")
         self.image_size = int(image_size)
@@ -122,6 +142,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         self.mean: Sequence[float] | None = None
         self.std: Sequence[float] | None = None
         self.data: SplitData | None = None
+        self.task: str | None = None  # resolved from data.task and the data by setup
         self._datasets: dict[str, Dataset] = {}
 
     # ------------------------------------------------------------ sources
@@ -135,10 +156,51 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
     # -------------------------------------------------------------- setup
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
-            self.data = self.load_splits()
+            data = self.load_splits()
             for name in SPLITS:
-                if name not in self.data.splits or len(self.data.splits[name]) == 0:
+                if name not in data.splits or len(data.splits[name]) == 0:
                     raise DataError(f"The {name} split is empty: {self.describe_source()}")
+            self.task = self.resolve_task(data)
+            if data.multilabel:
+                if self.missing_label == "negative":
+                    for part in data.splits.values():
+                        part.labels = np.nan_to_num(part.labels, nan=0.0)
+                _warn_findings_missing(data)
+            self.data = data
+
+    def resolve_task(self, data: SplitData) -> str:
+        """The task the data fits and data.task allows (see the class docstring); ConfigError otherwise."""
+        requested, where = self.requested_task, self.describe_source()
+        if data.multilabel:
+            if requested not in ("auto", "multilabel"):
+                raise ConfigError(
+                    f"data.task={requested}, but {where} gives several labels per image; set "
+                    "data.task=multilabel (or auto)."
+                )
+            if self.sampler == "weighted":
+                raise ConfigError(
+                    "data.sampler=weighted balances classes, and multi-label data has no single class per "
+                    "image; use data.sampler=null and model.pos_weight=auto for rare labels."
+                )
+            return "multilabel"
+        inferred = "binary" if len(data.classes) == 2 else "multiclass"
+        if requested == "multilabel":
+            raise ConfigError(
+                f"data.task=multilabel, but {where} gives one label per image. For a CSV manifest set "
+                'data.label_sep="|" (labels joined in one column) or data.columns.labels=[...] (one 0/1 '
+                "column per label); a MedMNIST .npz needs N×L labels. Or set data.task=auto."
+            )
+        if requested not in ("auto", inferred):
+            raise ConfigError(
+                f"data.task={requested}, but the data has {len(data.classes)} classes ({', '.join(data.classes)}): "
+                f"that is a {inferred} task; set data.task={inferred} (or auto)."
+            )
+        return inferred
+
+    @property
+    def multilabel(self) -> bool:
+        self.setup()
+        return self.data.multilabel
 
     def set_normalization(self, mean: Sequence[float], std: Sequence[float]) -> None:
         self.mean, self.std = list(mean), list(std)
@@ -159,13 +221,28 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         return self.data.channels
 
     def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class; multi-label data: positives per label."""
         self.setup()
         labels = self.data.splits[split].labels
+        if self.data.multilabel:
+            return (labels == 1).sum(0).astype(int).tolist()
         return np.bincount(labels, minlength=self.num_classes).tolist()
 
+    def known_counts(self, split: str = "train") -> list[int] | None:
+        """Multi-label data: images whose value of each label is known (positives + negatives); None for
+        single-label data."""
+        self.setup()
+        if not self.data.multilabel:
+            return None
+        return (~np.isnan(self.data.splits[split].labels)).sum(0).astype(int).tolist()
+
     def class_weights(self) -> list[float]:
-        """Inverse class frequency on the training split, normalised so that a balanced set gives 1."""
+        """Inverse class frequency on the training split, normalised so that a balanced set gives 1.
+        Multi-label data: each label's negatives / positives on train (what model.pos_weight=auto uses)."""
         counts = np.maximum(np.array(self.class_counts("train"), dtype=float), 1)
+        if self.multilabel:
+            negatives = np.array(self.known_counts("train"), dtype=float) - counts
+            return (np.maximum(negatives, 1) / counts).round(6).tolist()
         return (counts.sum() / (len(counts) * counts)).round(6).tolist()
 
     # ----------------------------------------------------------- datasets
@@ -262,8 +339,25 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         goes into data_summary.json."""
         self.setup()
         counts = {s: dict(zip(self.classes, self.class_counts(s), strict=True)) for s in SPLITS}
+        multilabel = {}
+        if self.multilabel:  # counts are positives per label; the unknown values besides them
+            multilabel = {
+                "unknown": {
+                    s: dict(
+                        zip(
+                            self.classes,
+                            (len(self.data.splits[s]) - np.array(self.known_counts(s))).tolist(),
+                            strict=True,
+                        )
+                    )
+                    for s in SPLITS
+                },
+                "missing_label": self.missing_label,
+            }
         return {
             "source": self.describe_source(),
+            "task": self.task,
+            "task_requested": self.requested_task,
             "classes": self.classes,
             "num_classes": self.num_classes,
             "channels": self.num_channels,
@@ -271,7 +365,10 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
             "counts": counts,
             "totals": {s: len(self.data.splits[s]) for s in SPLITS},
             "class_totals": {c: sum(counts[s][c] for s in SPLITS) for c in self.classes},
-            "class_weights": dict(zip(self.classes, self.class_weights(), strict=True)),
+            ("pos_weights" if self.multilabel else "class_weights"): dict(
+                zip(self.classes, self.class_weights(), strict=True)
+            ),
+            **multilabel,
             "sampler": self.sampler,
             "original_sizes": self.data.sizes,
             "channel_modes": self.data.modes,
@@ -316,6 +413,35 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
                 patients = part.patients or [None] * len(part)
                 for name, label, patient in zip(names, part.labels, patients, strict=True):
                     writer.writerow(
-                        [name, self.classes[label], split, *([patient or ""] if with_patients else [])]
+                        [name, self.label_text(label), split, *([patient or ""] if with_patients else [])]
                     )
         return True
+
+    def label_text(self, label) -> str:
+        """A label as text: the class name; multi-label data: the positive labels joined by |, unknown
+        ones as ?name."""
+        if not self.multilabel:
+            return self.classes[label]
+        return "|".join(
+            ("?" if np.isnan(v) else "") + c for c, v in zip(self.classes, label, strict=True) if v != 0
+        )
+
+
+def _warn_findings_missing(data: SplitData) -> None:
+    """Multi-label data: a label without positives (or negatives) in a split has no AUROC there (it is left
+    out of the macro AUROC); name each such label and split."""
+    gaps = []
+    for s in SPLITS:
+        labels = data.splits[s].labels
+        for k, name in enumerate(data.classes):
+            pos, neg = int((labels[:, k] == 1).sum()), int((labels[:, k] == 0).sum())
+            if pos == 0 or neg == 0:
+                gaps.append(f"{name} in {s} ({pos} positive, {neg} negative)")
+    if gaps:
+        log.warning(
+            "Multi-label data: %d label/split pair(s) hold one class only, so their AUROC is undefined and "
+            "left out of the macro AUROC there: %s. More images with these findings (or a larger "
+            "data.val_fraction / data.test_fraction when medtransfer splits) fix it.",
+            len(gaps),
+            "; ".join(gaps),
+        )

@@ -1,5 +1,6 @@
 """Map-style datasets that yield (image tensor, label): images in memory (one array, or a list of tensors
-of mixed sizes), or image files decoded on read."""
+of mixed sizes), or image files decoded on read. A label is a class index (int64), or for multi-label
+data a float32 vector (1 / 0 / NaN unknown)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,18 @@ from torch.utils.data import Dataset
 from medtransfer.data.files.decode import read_image
 
 
+def label_tensor(labels: np.ndarray) -> torch.Tensor:
+    """(N,) class indices as int64; (N, L) multi-label targets as float32 (NaN kept: unknown)."""
+    labels = np.asarray(labels)
+    return torch.as_tensor(labels, dtype=torch.float32 if labels.ndim == 2 else torch.long)
+
+
 class TensorListDataset(Dataset):
     """uint8 (C, H, W) tensors held in memory, one per image, of any sizes (decoded files kept in RAM)."""
 
     def __init__(self, images: Sequence[torch.Tensor], labels: np.ndarray, transform: Callable | None = None):
         self.images = images if isinstance(images, torch.Tensor) else list(images)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.labels = label_tensor(labels)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -49,7 +56,7 @@ class FileDataset(Dataset):
         decode_options: Mapping | None = None,
     ):
         self.paths = list(paths)
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.labels = label_tensor(labels)
         self.channels = channels
         self.transform = transform
         self.decode_options = dict(decode_options or {})

@@ -171,3 +171,56 @@ def _every_class_everywhere(
                 )
             g = min(candidates, key=lambda g: counts[g].sum())
             split_of_group[g] = s
+
+
+def iterative_grouped_split(
+    targets: np.ndarray, groups: np.ndarray, val_fraction: float, test_fraction: float, seed: int
+) -> np.ndarray:
+    """A split name per item for multi-label targets (N, L) (1 positive, 0 negative, NaN unknown), every
+    group in one split, each label's positives divided as closely to the fractions as the groups allow.
+
+    Iterative stratification (Sechidis, Tsoumakas and Vlahavas, ECML PKDD 2011, Algorithm 1) with groups
+    in place of items: while positives remain, take the label with the fewest positives left (the rarest
+    is placed first, while every split still wants it) and put each group holding it into the split that
+    lacks most of that label relative to its share (ties: the split that wants most items, then seeded
+    chance); groups without any positive fill the splits by item count, largest first. Sechidis et al.
+    rank by the absolute number wanted, which gives the first three groups of a rare label all to train;
+    the relative lack gives train, val and test one group each first, so a label held by three or more
+    groups reaches every split. `iterative-stratification` (PyPI) does this
+    for items only, not for groups of items, hence this version."""
+    positive = np.nan_to_num(np.asarray(targets, dtype=float), nan=0.0) > 0.5
+    group_ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    counts = np.zeros((len(group_ids), positive.shape[1]))
+    np.add.at(counts, inverse, positive)
+    sizes = np.bincount(inverse, minlength=len(group_ids)).astype(float)
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    usable = fractions > 0
+    shares = np.outer(fractions, counts.sum(0))  # (3, L): each split's share of each label's positives
+    wanted_labels = shares.copy()  # what each split still lacks
+    wanted_items = fractions * len(positive)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(group_ids))  # seeded order among equals
+    split_of_group = np.full(len(group_ids), -1)
+
+    def place(g: int, label: int | None) -> None:
+        noise = rng.random(3)
+        lack = None if label is None else wanted_labels[:, label] / np.maximum(shares[:, label], 1e-9)
+        keys = [noise, wanted_items] if label is None else [noise, wanted_items, lack]
+        ranked = np.lexsort([np.where(usable, k, -np.inf) for k in keys])  # last key first
+        s = int(ranked[-1])
+        split_of_group[g] = s
+        wanted_labels[s] -= counts[g]
+        wanted_items[s] -= sizes[g]
+
+    while True:
+        left = (split_of_group < 0)[:, None] * counts
+        remaining = left.sum(0)
+        if not remaining.any():
+            break
+        label = int(np.argmin(np.where(remaining > 0, remaining, np.inf)))
+        for g in order[left[order, label] > 0]:
+            place(int(g), label)
+    rest = order[split_of_group[order] < 0]
+    for g in rest[np.argsort(-sizes[rest], kind="stable")]:
+        place(int(g), None)
+    return np.array(SPLITS, dtype=object)[split_of_group[inverse]]

@@ -114,9 +114,11 @@ def reliability_figure(curves: dict[str, dict], title: str = "Reliability diagra
     return fig
 
 
-def overlay_grid_figure(rows: list[list[dict]], row_labels: Sequence[str], title: str):
+def overlay_grid_figure(
+    rows: list[list[dict]], row_labels: Sequence[str], title: str, row_prefix: str = "true: "
+):
     """A grid of images (rows × columns); each cell a dict with "image" (H, W, 3 uint8), "caption" and
-    "correct" (green or red caption)."""
+    "correct" (green or red caption); each row labelled `row_prefix` + its row label."""
     n_cols = max((len(r) for r in rows), default=1)
     fig, axes = plt.subplots(len(rows), n_cols, figsize=(2.2 * n_cols + 0.6, 2.4 * len(rows)), squeeze=False)
     for r, cells in enumerate(rows):
@@ -131,7 +133,28 @@ def overlay_grid_figure(rows: list[list[dict]], row_labels: Sequence[str], title
             else:
                 ax.axis("off")
             if c == 0:
-                ax.set_ylabel(f"true: {row_labels[r]}", fontsize=9)
+                ax.set_ylabel(f"{row_prefix}{row_labels[r]}", fontsize=9)
     fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def roc_curves_figure(curves: dict[str, tuple], title: str = "ROC curves"):
+    """Several ROC curves in one figure (multi-label: one per label); `curves`: label → (fpr, tpr, auroc,
+    operating point (fpr, tpr) or None). The legend gives each AUROC; dots mark the thresholds."""
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    colors = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
+    for k, (label, (fpr, tpr, auroc, point)) in enumerate(curves.items()):
+        color = colors(k % colors.N)
+        ax.plot(fpr, tpr, lw=1.5, color=color, label=f"{label} {auroc:.3f}")
+        if point is not None:
+            ax.plot([point[0]], [point[1]], "o", color=color, ms=4)
+    ax.plot([0, 1], [0, 1], ls="--", color="gray", lw=1)
+    ax.set_xlabel("1 − specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_title(title)
+    ax.legend(loc="lower right", fontsize=7, title="AUROC", title_fontsize=8)
     fig.tight_layout()
     return fig

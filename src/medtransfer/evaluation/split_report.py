@@ -6,7 +6,8 @@ as PNG (confusion_matrix_<split>.png …) and to TensorBoard; numbers come back 
 
 Metric keys (split = test, val …): <split>/ece (the model without temperature), <split>/ece_calibrated
 (with the fitted temperature, when there is one), threshold, <split>/sensitivity_at_threshold,
-<split>/specificity_at_threshold (binary, with a threshold), <split>/auroc_ci_low/high, <split>/acc_ci_low/high."""
+<split>/specificity_at_threshold (binary, with a threshold), <split>/auroc_ci_low/high, <split>/acc_ci_low/high.
+Multi-label models get their own report (multilabel_report.py): per_label_report.md/.csv, roc_curves.png."""
 
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ from medtransfer.evaluation.calibration import (
     scaled_probabilities,
 )
 from medtransfer.evaluation.confidence_intervals import auroc, bootstrap_intervals
+from medtransfer.evaluation.multilabel_report import (
+    multilabel_decision_text,
+    multilabel_report,
+    write_per_label_report,
+)
 from medtransfer.evaluation.operating_point import rates_at_threshold
 from medtransfer.evaluation.per_class_report import per_class_rows, to_markdown, write_csv
 from medtransfer.evaluation.plots import (
@@ -37,7 +43,9 @@ from medtransfer.utils.atomic_write import atomic_write_json, atomic_write_text
 
 
 def decision_text(model) -> str:
-    """How the model turns probabilities into a class, in words."""
+    """How the model turns probabilities into a class (labels), in words."""
+    if model.task.multilabel:
+        return multilabel_decision_text(model)
     threshold = model.threshold
     if threshold is None:
         return "the class with the highest probability"
@@ -151,14 +159,23 @@ def evaluation_report(
     """The report of `model` (its class names, temperature and threshold) on a split's raw logits
     (N, classes; before the temperature) and targets (N,), its keys and files named by `split`; files
     into `output_dir`, figures into the TensorBoard loggers. Call on rank zero."""
-    logits, targets = logits.float().cpu(), targets.long().cpu()
-    probs = scaled_probabilities(logits, model.temperature)
-    metrics = report_metrics(model, probs, targets, logits, split, bootstrap_samples, bootstrap_seed)
-    figs = figures(model, probs, targets, logits, split, metrics)
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        write_per_class_report(model, probs, targets, split, output_dir)
+    if model.task.multilabel:
+        logits, targets = logits.float().cpu(), targets.float().cpu()
+        metrics, figs, rows, notes = multilabel_report(
+            model, logits, targets, split, bootstrap_samples, bootstrap_seed
+        )
+        if output_dir is not None:
+            write_per_label_report(rows, notes, split, output_dir)
+    else:
+        logits, targets = logits.float().cpu(), targets.long().cpu()
+        probs = scaled_probabilities(logits, model.temperature)
+        metrics = report_metrics(model, probs, targets, logits, split, bootstrap_samples, bootstrap_seed)
+        figs = figures(model, probs, targets, logits, split, metrics)
+        if output_dir is not None:
+            write_per_class_report(model, probs, targets, split, output_dir)
     for name, fig in figs.items():
         if output_dir is not None:
             fig.savefig(output_dir / f"{name}.png", dpi=120)

@@ -37,7 +37,8 @@ def state_fingerprint(module: nn.Module) -> str:
 def split_fingerprint(split: Split) -> str:
     """A hash of a split's labels and images, in order: the pixels of images held in memory, else each
     file's path, size and modification time."""
-    digest = hashlib.sha1(np.ascontiguousarray(split.labels).astype(np.int64).tobytes())
+    labels = np.ascontiguousarray(split.labels)  # class indices, or multi-label targets (NaN: unknown)
+    digest = hashlib.sha1(labels.astype(np.int64 if labels.ndim == 1 else np.float32).tobytes())
     if isinstance(split.images, np.ndarray):
         digest.update(f"{split.images.shape}".encode())
         digest.update(np.ascontiguousarray(split.images).tobytes())
@@ -50,6 +51,13 @@ def split_fingerprint(split: Split) -> str:
             st = os.stat(path)
             digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+def same_labels(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal labels, unknown multi-label targets (NaN) equal to each other."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(((a == b) | (torch.isnan(a) & torch.isnan(b)) if a.is_floating_point() else a == b).all())
 
 
 def cache_key(fields: Mapping) -> str:
@@ -74,7 +82,7 @@ class FeatureCache:
         except Exception as err:  # a truncated or foreign file: computed again, and replaced
             log.warning("Feature cache %s is unreadable (%s); computing the features again.", path, err)
             return None
-        if stored.get("version") != CACHE_VERSION or not torch.equal(stored["labels"], labels):
+        if stored.get("version") != CACHE_VERSION or not same_labels(stored["labels"], labels):
             return None
         return stored["features"]
 
@@ -106,7 +114,7 @@ class FeatureCache:
             return cached, True
         start = time.perf_counter()
         features, computed_labels = compute()
-        if not torch.equal(computed_labels, labels):
+        if not same_labels(computed_labels, labels):
             raise RuntimeError("The feature loader returned the split's images out of order.")
         log.info(
             "Features of the %s split: %d x %d computed in %.1f s%s.",

@@ -9,11 +9,10 @@ from functools import partial
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torchmetrics import MaxMetric, MinMetric
 
-from medtransfer.evaluation.calibration import scaled_probabilities
-from medtransfer.evaluation.metrics import classification_metrics
+from medtransfer.evaluation.multilabel import thresholds_of
+from medtransfer.evaluation.tasks import task_for
 from medtransfer.finetune.freezing import freeze_norm_statistics, set_trainable
 from medtransfer.finetune.param_groups import apply_lr_scales, param_groups
 from medtransfer.finetune.strategies import FreezingStrategy, Full
@@ -34,7 +33,13 @@ class Classifier(L.LightningModule):
 
     backbone: a torchvision ResNet name. weights: torchvision weight name, None, or a file.
     head: {"name": linear | mlp, **its arguments} (models/heads.py).
-    class_weights: None, "auto" (inverse class frequency, from `class_counts`) or one weight per class.
+    task: binary | multiclass (softmax over the classes) | multilabel (a sigmoid per label, class_names are
+    the labels); None: binary for 2 classes, else multiclass (evaluation/tasks.py).
+    class_weights: None, "auto" (inverse class frequency, from `class_counts`) or one weight per class
+    (single-label tasks).
+    pos_weight: multilabel tasks: None, "auto" (negatives / positives per label on train, from
+    `class_counts` = positives and `known_counts` = known values per label) or one weight per label; the
+    weight of each label's positive term in the binary cross-entropy.
     monitor / monitor_mode: the optimized metric; its best value is logged as `<monitor>_best`.
     channels_last: weights and image batches in channels-last memory format (faster convolutions on GPUs
     with tensor cores); the state dict is the same either way.
@@ -52,9 +57,12 @@ class Classifier(L.LightningModule):
         num_classes: int = 2,
         in_channels: int = 3,
         class_names: Sequence[str] | None = None,
+        task: str | None = None,
         head: Mapping | None = None,
         class_weights: str | Sequence[float] | None = None,
         class_counts: Sequence[int] | None = None,
+        pos_weight: str | Sequence[float] | None = None,
+        known_counts: Sequence[int] | None = None,
         label_smoothing: float = 0.0,
         image_size: int = 224,
         monitor: str = "val/auroc",
@@ -71,6 +79,7 @@ class Classifier(L.LightningModule):
         self.class_names = list(class_names or [str(i) for i in range(num_classes)])
         if len(self.class_names) != num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for num_classes={num_classes}.")
+        self.task = task_for(task, num_classes)
         mean, std = normalization(backbone, weights, in_channels)
         self.preprocessing = {"image_size": image_size, "in_channels": in_channels, "mean": mean, "std": std}
 
@@ -83,6 +92,9 @@ class Classifier(L.LightningModule):
         self.strategy = (finetune or Full()).bind(list(self.groups))
         self.register_buffer(
             "loss_weights", self._loss_weights(class_weights, class_counts), persistent=False
+        )
+        self.register_buffer(
+            "pos_weight", self._pos_weight(pos_weight, class_counts, known_counts), persistent=False
         )
         # the first step whose training loss was NaN/Inf (-1: none), a tensor on the loss's device (not a
         # buffer: DDP would broadcast it); see check_finite_loss
@@ -101,8 +113,8 @@ class Classifier(L.LightningModule):
         if compile:  # in place (nn.Module.compile): no `_orig_mod.` in the state dict keys
             self.backbone.compile(**({} if compile is True else dict(compile)))
 
-        self.val_metrics = classification_metrics(num_classes, "val/", self.class_names)
-        self.test_metrics = classification_metrics(num_classes, "test/", self.class_names)
+        self.val_metrics = self.task.metrics(num_classes, "val/", self.class_names)
+        self.test_metrics = self.task.metrics(num_classes, "test/", self.class_names)
         self.best_metric = MaxMetric() if monitor_mode == "max" else MinMetric()
         # fitted on the validation split after training (callbacks/fit_on_validation.py), kept in the
         # checkpoint: {"temperature", "val_ece_before", "val_ece_after"} and {"rule", "threshold", ...}
@@ -113,6 +125,11 @@ class Classifier(L.LightningModule):
     def _loss_weights(self, class_weights, class_counts) -> torch.Tensor | None:
         if class_weights is None:
             return None
+        if self.task.multilabel:
+            raise ConfigError(
+                "model.class_weights is for single-label tasks (one class per image); for multi-label "
+                "data use model.pos_weight=auto (or one weight per label), and model.class_weights=null."
+            )
         if class_weights == "auto":
             if not class_counts:
                 raise ConfigError("model.class_weights=auto needs the training class counts from the data.")
@@ -122,6 +139,28 @@ class Classifier(L.LightningModule):
         if len(weights) != self.hparams.num_classes:
             raise ConfigError(
                 f"model.class_weights has {len(weights)} values for {self.hparams.num_classes} classes."
+            )
+        return weights
+
+    def _pos_weight(self, pos_weight, class_counts, known_counts) -> torch.Tensor | None:
+        if pos_weight is None:
+            return None
+        if not self.task.multilabel:
+            raise ConfigError(
+                f"model.pos_weight={pos_weight!r} is for multi-label tasks; for {self.task.name} data use "
+                "model.class_weights (and model.pos_weight=null)."
+            )
+        if pos_weight == "auto":
+            if not class_counts or not known_counts:
+                raise ConfigError("model.pos_weight=auto needs the training label counts from the data.")
+            positives = torch.tensor(class_counts, dtype=torch.float32)
+            negatives = torch.tensor(known_counts, dtype=torch.float32) - positives
+            return negatives.clamp(min=1) / positives.clamp(min=1)
+        weights = torch.tensor(list(pos_weight), dtype=torch.float32)
+        if len(weights) != self.hparams.num_classes:
+            raise ConfigError(
+                f"model.pos_weight has {len(weights)} values for {self.hparams.num_classes} labels; give "
+                "one per label (in data_summary.json's label order) or auto."
             )
         return weights
 
@@ -140,28 +179,42 @@ class Classifier(L.LightningModule):
 
     # ------------------------------------------- calibration and decision
     @property
-    def temperature(self) -> float:
-        """The logits are divided by it before the softmax (1: not calibrated)."""
-        return float(self.calibration["temperature"]) if self.calibration else 1.0
+    def temperature(self) -> float | torch.Tensor:
+        """The logits are divided by it before the softmax (1: not calibrated); multi-label tasks: (L,),
+        one per label."""
+        if not self.calibration:
+            return 1.0
+        value = self.calibration["temperature"]
+        return torch.tensor(value) if isinstance(value, list | tuple) else float(value)
 
     @property
     def threshold(self) -> float | None:
         """Binary tasks: class 1 is predicted when its probability ≥ this; None: the most probable class."""
-        if self.hparams.num_classes != 2 or not self.operating_point:
+        if self.task.name != "binary" or not self.operating_point:
             return None
         return self.operating_point.get("threshold")
 
+    @property
+    def thresholds(self) -> torch.Tensor | None:
+        """Multi-label tasks: (L,) the threshold of each label (0.5 where none was fitted); else None."""
+        if not self.task.multilabel:
+            return None
+        return thresholds_of(self.operating_point, self.class_names)
+
+    def probabilities_of(self, logits: torch.Tensor) -> torch.Tensor:
+        """Probabilities of raw logits as the model is deployed: softmax(logits / temperature), or for
+        multi-label tasks sigmoid(logits / temperature of each label)."""
+        return self.task.probabilities(logits, self.temperature)
+
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities as the model is deployed: softmax(logits / temperature)."""
-        return scaled_probabilities(self(x), self.temperature)
+        """Class (label) probabilities of images as the model is deployed (`probabilities_of`)."""
+        return self.probabilities_of(self(x))
 
     def decide(self, probs: torch.Tensor) -> torch.Tensor:
-        """The predicted class of each row of `probs`: class 1 at probability ≥ threshold (binary tasks with
-        a chosen threshold), otherwise the most probable class."""
-        threshold = self.threshold
-        if threshold is None:
-            return probs.argmax(dim=1)
-        return (probs[:, 1] >= threshold).long()
+        """The decision on each row of `probs`: the class (N,): class 1 at probability ≥ threshold (binary
+        tasks with a chosen threshold), otherwise the most probable class; multi-label tasks: (N, L) 0/1,
+        each label at probability ≥ its threshold (evaluation/tasks.py)."""
+        return self.task.decide(probs, self.operating_point, self.class_names)
 
     def collect_logits(
         self, loader, device: torch.device | str | None = None
@@ -212,8 +265,13 @@ class Classifier(L.LightningModule):
 
     # --------------------------------------------------------------- steps
     def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(
-            logits, y, weight=self.loss_weights, label_smoothing=self.hparams.label_smoothing
+        """Cross-entropy (single-label) or masked binary cross-entropy (multi-label): evaluation/tasks.py."""
+        return self.task.loss(
+            logits,
+            y,
+            weight=self.loss_weights,
+            label_smoothing=self.hparams.label_smoothing,
+            pos_weight=self.pos_weight,
         )
 
     def training_step(self, batch, batch_idx):
@@ -253,9 +311,10 @@ class Classifier(L.LightningModule):
         """The step's raw logits and targets (what the test report gathers: callbacks/test_report.py)."""
         x, y = batch
         logits = self(x).float()
-        scaled = logits / self.temperature  # 1 until calibration; val/test loss is that of the deployed model
+        # the temperature is 1 until calibration; val/test loss is that of the deployed model
+        scaled = self.task.scale(logits, self.temperature)
         self.log(f"{split}/loss", self.loss(scaled, y), on_epoch=True, sync_dist=True, batch_size=len(y))
-        getattr(self, f"{split}_metrics").update(scaled.softmax(dim=1), y)
+        getattr(self, f"{split}_metrics").update(self.task.activation(scaled), y)
         return {"logits": logits.detach(), "targets": y}
 
     def validation_step(self, batch, batch_idx):

@@ -67,15 +67,29 @@ def print_metrics(metrics: Mapping[str, float], title: str = "metrics") -> None:
 
 @rank_zero_only
 def print_data_summary(summary: Mapping) -> None:
-    """The data at a glance: images per class and split, class weights, then sizes, modes and skipped files."""
+    """The data at a glance: images per class and split (multi-label: positives per label, and unknown
+    values), class weights (pos weights), then the task, sizes, modes and skipped files."""
     classes = summary["classes"]
     rows = [{"split": s, **counts, "total": summary["totals"][s]} for s, counts in summary["counts"].items()]
-    rows.append({"split": "class weight", **summary["class_weights"]})
-    print_table("data", rows, columns=["split", *classes, "total"])
+    if "pos_weights" in summary:
+        rows += [
+            {"split": f"{s} unknown", **unknown}
+            for s, unknown in summary["unknown"].items()
+            if any(unknown.values())
+        ]
+        rows.append({"split": "pos weight", **summary["pos_weights"]})
+    else:
+        rows.append({"split": "class weight", **summary["class_weights"]})
+    title = "data (positives per label)" if "pos_weights" in summary else "data"
+    print_table(title, rows, columns=["split", *classes, "total"])
     sizes = summary.get("original_sizes") or {}
     side = summary.get("image_size")
     resized = sizes and side is not None and {*sizes["height"], *sizes["width"]} != {side}
+    task = summary.get("task")
     details = {
+        "task": None
+        if task is None
+        else f"{task} ({'inferred' if summary.get('task_requested') == 'auto' else 'data.task'})",
         # what the network sees: every image is resized to this square, whatever a preset or the files say
         "network input": f"{side}×{side} px" + (" (images resized to it)" if resized else "")
         if side is not None

@@ -2,6 +2,13 @@
 patient and its split. With a split column the split is used as it is; without one, the images are split
 here, stratified by label, with all images of a patient in one split.
 
+Multi-label manifests (several findings per image, as NIH ChestX-ray14 and CheXpert publish them) come
+in two forms: one label column whose cells join the labels with data.label_sep (`Atelectasis|Effusion`;
+data.negative_label, e.g. `No Finding`, means none), or one column per label, data.columns.labels, holding
+1 (positive), 0 (negative), or blank / NaN / -1 (unknown: see data.missing_label). A label cell holding a
+separator-like character while the task is single-label is refused: it would silently train a class per
+combination of labels.
+
 Manifests are read as spreadsheets save them: UTF-8 with or without BOM, UTF-16 with BOM (Excel's
 "Unicode text"), else Windows-1252 (Excel's "CSV" on Windows, with a warning); the delimiter is the one of
 `,` `;` tab `|` that finds the path column in the header (csv.Sniffer's guess otherwise)."""
@@ -14,6 +21,7 @@ import io
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from medtransfer.data.files.validation import Problem
@@ -22,8 +30,16 @@ from medtransfer.data.sources.image_files import ImageFilesDataModule, Listing
 from medtransfer.data.splits import SPLITS
 from medtransfer.utils.errors import ConfigError, DataError
 
-DEFAULT_COLUMNS = {"path": "path", "label": "label", "patient": "patient_id", "split": "split"}
+DEFAULT_COLUMNS = {
+    "path": "path",
+    "label": "label",
+    "patient": "patient_id",
+    "split": "split",
+    "labels": None,  # multi-label: one 0/1 column per label (a list of column names)
+}
 DELIMITERS = (",", ";", "\t", "|")
+# characters that join several labels in one cell (a single-label manifest must not hold them)
+SEPARATOR_LIKE = ("|", ";")
 SAVE_AS_UTF8 = (
     "save it as UTF-8 (Excel: Save As > 'CSV UTF-8'; LibreOffice: character set UTF-8), "
     "or convert it: iconv -f <its encoding> -t utf-8 FILE > FILE.utf8.csv"
@@ -89,7 +105,10 @@ class CsvDataModule(ImageFilesDataModule):
     """manifest: the CSV file. root: the folder its paths are relative to (None: the manifest's folder).
     columns: names of the path, label, patient and split columns (see DEFAULT_COLUMNS); an optional column
     under its default name may be absent, one named otherwise must exist, None switches it off.
-    classes: the labels in label order; a row with another label is a problem. None: the sorted labels found."""
+    classes: the labels in label order; a row with another label is a problem. None: the sorted labels found.
+    label_sep: multi-label: the string joining the labels in the label column (e.g. "|"); None: one label
+    per cell. negative_label: with label_sep, the cell text meaning no label at all (e.g. "No Finding").
+    columns["labels"]: multi-label: one column per label instead (values 1, 0, blank / NaN / -1 unknown)."""
 
     def __init__(
         self,
@@ -97,6 +116,8 @@ class CsvDataModule(ImageFilesDataModule):
         root: str | None = None,
         columns: Mapping[str, str | None] | None = None,
         classes: Sequence[str] | None = None,
+        label_sep: str | None = None,
+        negative_label: str | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -108,8 +129,40 @@ class CsvDataModule(ImageFilesDataModule):
                 f"data.columns has unknown keys {sorted(unknown)}; the keys are {', '.join(DEFAULT_COLUMNS)}."
             )
         self.columns = {**DEFAULT_COLUMNS, **dict(columns or {})}
+        if self.columns["labels"] is not None:
+            self.columns["labels"] = [str(c) for c in self.columns["labels"]]
         self.declared_classes = [str(c) for c in classes] if classes else None
+        self.label_sep = str(label_sep) if label_sep else None
+        self.negative_label = str(negative_label) if negative_label else None
+        self._check_label_options()
         self._split_given: bool | None = None
+
+    @property
+    def label_mode(self) -> str:
+        """single (one class per cell) | joined (labels joined by data.label_sep) | columns (a column per label)."""
+        if self.columns["labels"]:
+            return "columns"
+        return "joined" if self.label_sep else "single"
+
+    def _check_label_options(self) -> None:
+        if self.columns["labels"] is not None and not self.columns["labels"]:
+            raise ConfigError("data.columns.labels=[]: name the label columns, or set it to null.")
+        if self.columns["labels"] and self.label_sep:
+            raise ConfigError(
+                "data.columns.labels and data.label_sep both set: use data.columns.labels for one 0/1 column "
+                "per label, or data.label_sep for labels joined in data.columns.label; set the other to null."
+            )
+        if self.columns["labels"] and self.declared_classes:
+            raise ConfigError(
+                "data.classes is set with data.columns.labels, which already names the labels in order; "
+                "set data.classes=null."
+            )
+        if self.label_mode != "single" and self.requested_task in ("binary", "multiclass"):
+            how = "data.label_sep" if self.label_sep else "data.columns.labels"
+            raise ConfigError(
+                f"data.task={self.requested_task} with {how} (several labels per image): set "
+                f"data.task=multilabel (or auto), or {how}=null for one class per image."
+            )
 
     def describe_source(self) -> dict:
         return {
@@ -117,6 +170,9 @@ class CsvDataModule(ImageFilesDataModule):
             "manifest": str(self.manifest),
             "root": str(self.root),
             "columns": self.columns,
+            **(
+                {"label_sep": self.label_sep, "negative_label": self.negative_label} if self.label_sep else {}
+            ),
         }
 
     def locate(self, split: str, cls: str | None = None) -> str:
@@ -154,7 +210,7 @@ class CsvDataModule(ImageFilesDataModule):
         header = [h.strip() for h in reader.fieldnames or []]
         reader.fieldnames = header
         path_col = self._column("path", header)
-        label_col = self._column("label", header)
+        label_col = self._label_columns(header)
         patient_col = self._column("patient", header)
         split_col = self._column("split", header)
         self._split_given = split_col is not None
@@ -166,8 +222,62 @@ class CsvDataModule(ImageFilesDataModule):
             problems += [problem] if problem else []
         items, repeated = self._once_each(rows)
         problems += repeated
-        classes = self.declared_classes or sorted({i.label for i in items})
-        return Listing(items=items, classes=classes, split_given=self._split_given, problems=problems)
+        if self.label_mode == "columns":
+            classes = self.columns["labels"]
+        elif self.label_mode == "joined":
+            classes = self.declared_classes or sorted({t for i in items for t in self._tokens(i.label)})
+            index = {c: k for k, c in enumerate(classes)}
+            items = [replace(i, targets=self._joined_targets(i.label, index)) for i in items]
+        else:
+            self._refuse_joined_labels(items, rows, label_col)
+            classes = self.declared_classes or sorted({i.label for i in items})
+        return Listing(
+            items=items,
+            classes=classes,
+            split_given=self._split_given,
+            problems=problems,
+            multilabel=self.label_mode != "single",
+        )
+
+    def _label_columns(self, header: list[str]) -> str | list[str]:
+        """The label column, or (data.columns.labels) the list of label columns."""
+        if self.label_mode != "columns":
+            return self._column("label", header)
+        missing = [c for c in self.columns["labels"] if c not in header]
+        if missing:
+            raise DataError(
+                f"{self.manifest}: no column(s) {', '.join(map(repr, missing))} (data.columns.labels); its "
+                f"columns are {', '.join(header)}. List the columns that hold one label each."
+            )
+        return self.columns["labels"]
+
+    def _tokens(self, cell: str) -> list[str]:
+        """The labels of a joined cell (none for data.negative_label)."""
+        if self.negative_label is not None and cell == self.negative_label:
+            return []
+        return [t.strip() for t in cell.split(self.label_sep) if t.strip()]
+
+    def _joined_targets(self, cell: str, index: dict[str, int]) -> tuple[int, ...]:
+        targets = [0] * len(index)
+        for token in self._tokens(cell):
+            targets[index[token]] = 1
+        return tuple(targets)
+
+    def _refuse_joined_labels(self, items: list[Item], rows: list[tuple[Item, str]], label_col: str) -> None:
+        """A single-label task on cells like `Atelectasis|Effusion` would train one class per combination:
+        a DataError naming the file, a cell and the fix."""
+        for item, line in rows:
+            found = next((ch for ch in SEPARATOR_LIKE if ch in item.label), None)
+            if found:
+                combined = len({i.label for i in items if found in i.label})
+                raise DataError(
+                    f"{self.manifest}: the {label_col!r} column joins several labels with {found!r} "
+                    f"(e.g. {item.label!r} on {line}; {combined} such label text(s)), but the task is "
+                    "single-label, which would train one class per combination of labels. For multi-label "
+                    f'data set data.label_sep="{found}" (and data.negative_label for the text meaning no '
+                    'label, e.g. "No Finding"); if every cell really is one class, rename those classes '
+                    f"without {found!r}."
+                )
 
     def _item(
         self,
@@ -198,7 +308,6 @@ class CsvDataModule(ImageFilesDataModule):
                 "list the images by their path below data.root, or set data.root to a folder that holds "
                 "every image of the manifest",
             )
-        label = (row.get(label_col) or "").strip()
         split = (row.get(split_col) or "").strip().lower() if split_col else None
         if not Path(path).is_file():
             return None, Problem.of_file(
@@ -206,14 +315,27 @@ class CsvDataModule(ImageFilesDataModule):
                 f"missing file, listed on {line}",
                 f"correct the path (relative to data.root={self.root}), or remove the row",
             )
-        if not label:
-            return None, Problem.of_file(path, f"no label on {line}", "fill in the label, or remove the row")
-        if self.declared_classes and label not in self.declared_classes:
-            return None, Problem.of_file(
-                path,
-                f"unknown label {label!r} on {line}; data.classes is {self.declared_classes}",
-                "correct the label, or add it to data.classes",
-            )
+        targets = None
+        if self.label_mode == "columns":
+            label, targets, problem = self._label_values(row, line, label_col, path)
+            if problem:
+                return None, problem
+        else:
+            label = (row.get(label_col) or "").strip()
+            if not label:
+                return None, Problem.of_file(
+                    path, f"no label on {line}", "fill in the label, or remove the row"
+                )
+            if self.label_mode == "joined":
+                label, problem = self._joined_label(label, line, path)
+                if problem:
+                    return None, problem
+            elif self.declared_classes and label not in self.declared_classes:
+                return None, Problem.of_file(
+                    path,
+                    f"unknown label {label!r} on {line}; data.classes is {self.declared_classes}",
+                    "correct the label, or add it to data.classes",
+                )
         if split_col and split not in SPLITS:
             return None, Problem.of_file(
                 path,
@@ -221,7 +343,54 @@ class CsvDataModule(ImageFilesDataModule):
                 f"write train, val or test in the {split_col!r} column",
             )
         patient = (row.get(patient_col) or "").strip() if patient_col else ""
-        return Item(path, label, patient=patient or None, split=split), None
+        return Item(path, label, patient=patient or None, split=split, targets=targets), None
+
+    def _joined_label(self, cell: str, line: str, path: str) -> tuple[str, Problem | None]:
+        """The cell's labels as one text (sorted, so that `Effusion|Atelectasis` and `Atelectasis|Effusion`
+        are the same), or a problem: the negative label among others, a label not in data.classes."""
+        tokens = self._tokens(cell)
+        if self.negative_label is not None and self.negative_label in tokens:
+            return cell, Problem.of_file(
+                path,
+                f"{cell!r} on {line} joins {self.negative_label!r} (data.negative_label: no label) with labels",
+                f"write either {self.negative_label!r} or the labels",
+            )
+        unknown = [t for t in tokens if self.declared_classes and t not in self.declared_classes]
+        if unknown:
+            return cell, Problem.of_file(
+                path,
+                f"unknown label(s) {', '.join(map(repr, unknown))} on {line}; data.classes is {self.declared_classes}",
+                "correct the label, or add it to data.classes",
+            )
+        return self.label_sep.join(sorted(set(tokens))) if tokens else (self.negative_label or ""), None
+
+    def _label_values(
+        self, row: dict, line: str, columns: list[str], path: str
+    ) -> tuple[str, tuple[int, ...] | None, Problem | None]:
+        """(label text, targets 1 / 0 / -1 unknown, None) of a row with a column per label, or a problem
+        for a value that is none of 1, 0, -1, blank, NaN."""
+        targets = []
+        for column in columns:
+            cell = (row.get(column) or "").strip()
+            try:
+                value = float(cell) if cell else -1.0
+            except ValueError:
+                value = None
+            if value is not None and value != value:  # NaN
+                value = -1.0
+            if value not in (1.0, 0.0, -1.0):
+                return (
+                    "",
+                    None,
+                    Problem.of_file(
+                        path,
+                        f"{cell!r} in column {column!r} on {line} is not a label value",
+                        "write 1 (positive), 0 (negative), or -1 / blank (unknown)",
+                    ),
+                )
+            targets.append(int(value))
+        text = "|".join(("?" if t < 0 else "") + c for c, t in zip(columns, targets, strict=True) if t != 0)
+        return text, tuple(targets), None
 
     def _once_each(self, rows: list[tuple[Item, str]]) -> tuple[list[Item], list[Problem]]:
         """Rows listing the same image: identical repeats are kept once (logged); rows that disagree

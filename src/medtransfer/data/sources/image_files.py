@@ -32,7 +32,7 @@ from medtransfer.data.files.validation import (
     single_class_problems,
 )
 from medtransfer.data.items import Item
-from medtransfer.data.splits import SPLITS, connected_groups, grouped_split
+from medtransfer.data.splits import SPLITS, connected_groups, grouped_split, iterative_grouped_split
 from medtransfer.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,10 @@ class Listing:
     split, and the problems seen while listing (missing files, unknown labels, empty class folders)."""
 
     items: list[Item]
-    classes: list[str]
+    classes: list[str]  # multi-label: the labels, in the order of Item.targets
     split_given: bool
     problems: list[Problem] = field(default_factory=list)
+    multilabel: bool = False
 
 
 def _without(items: list[Item], problems: list[Problem]) -> list[Item]:
@@ -121,33 +122,54 @@ class ImageFilesDataModule(MedicalImageDataModule):
         problems += conflicts
         items = _without(items, conflicts)
         _warn_few_levels({i.path: facts[i.path] for i in items}, self.window)
+        multilabel = listing.multilabel
         if listing.split_given:
-            given = (
-                missing_class_problems(items, listing.classes, self.locate)
-                + duplicate_problems(items, facts)
-                + patient_problems(items)
-            )
+            # multi-label splits may lack a rare label: a warning (datamodule), not a problem
+            missing = [] if multilabel else missing_class_problems(items, listing.classes, self.locate)
+            given = missing + duplicate_problems(items, facts) + patient_problems(items)
             problems += given
             items = _without(items, given)
         else:
             items = self.assign_splits(items, facts)
-        present = [c for c in listing.classes if any(i.label == c for i in items)]
-        problems += single_class_problems(items, present, self.locate, made_split=not listing.split_given)
+        if multilabel:  # every label is an output, also one without positives (warned about in setup)
+            present = [c for k, c in enumerate(listing.classes) if any(i.targets[k] == 1 for i in items)]
+        else:
+            present = [c for c in listing.classes if any(i.label == c for i in items)]
+            problems += single_class_problems(items, present, self.locate, made_split=not listing.split_given)
         skipped = enforce(problems, self.on_bad)
         if skipped:
             _report_skipped(len(left_out(skipped)))
-        if len(present) < 2:
+        if multilabel and not present:
+            raise DataError(
+                f"{self.locate('train')}: no usable image has any of the labels {', '.join(listing.classes)}; "
+                "a multi-label classifier needs positives."
+            )
+        if not multilabel and len(present) < 2:
             raise DataError(
                 f"{self.locate('train')}: {len(present)} class(es) with usable images ({', '.join(present) or 'none'}); "
                 "a classifier needs at least 2."
             )
-        return self.split_data(items, present, facts, made_split=not listing.split_given, skipped=skipped)
+        classes = listing.classes if multilabel else present
+        return self.split_data(
+            items, classes, facts, made_split=not listing.split_given, skipped=skipped, multilabel=multilabel
+        )
 
     def assign_splits(self, items: list[Item], facts: dict[str, FileFacts]) -> list[Item]:
-        """Stratified by class; the images of one patient, and copies of one image, go to one split."""
+        """Stratified by class (multi-label: by the label vectors, iterative stratification); the images of
+        one patient, and copies of one image, go to one split."""
         groups = connected_groups([i.patient for i in items], [facts[i.path].sha1 for i in items])
-        labels = np.array([i.label for i in items])
-        assignment = grouped_split(labels, groups, self.val_fraction, self.test_fraction, self.seed)
+        if items and items[0].targets is not None:
+            targets = np.array([i.targets for i in items], dtype=float)
+            assignment = iterative_grouped_split(
+                np.where(targets < 0, np.nan, targets),
+                groups,
+                self.val_fraction,
+                self.test_fraction,
+                self.seed,
+            )
+        else:
+            labels = np.array([i.label for i in items])
+            assignment = grouped_split(labels, groups, self.val_fraction, self.test_fraction, self.seed)
         return [replace(i, split=s) for i, s in zip(items, assignment, strict=True)]
 
     def split_data(
@@ -157,14 +179,22 @@ class ImageFilesDataModule(MedicalImageDataModule):
         facts: dict[str, FileFacts],
         made_split: bool,
         skipped: list[Problem],
+        multilabel: bool = False,
     ) -> SplitData:
         index = {c: k for k, c in enumerate(classes)}
         with_patients = any(i.patient for i in items)
         splits = {}
         for s in SPLITS:
             part = [i for i in items if i.split == s]
+            if multilabel:
+                targets = np.array([i.targets for i in part], dtype=np.float32).reshape(
+                    len(part), len(classes)
+                )
+                labels = np.where(targets < 0, np.nan, targets).astype(np.float32)
+            else:
+                labels = np.array([index[i.label] for i in part], dtype=np.int64)
             splits[s] = Split(
-                labels=np.array([index[i.label] for i in part], dtype=np.int64),
+                labels=labels,
                 paths=[i.path for i in part],
                 patients=[i.patient for i in part] if with_patients else None,
             )
@@ -180,6 +210,7 @@ class ImageFilesDataModule(MedicalImageDataModule):
             sizes={"height": [min(heights), max(heights)], "width": [min(widths), max(widths)]},
             modes=dict(sorted(Counter(f.mode for f in used).items())),
             skipped=skipped,
+            multilabel=multilabel,
         )
 
     def cache_in_ram(self, splits: dict[str, Split], facts: list[FileFacts], channels: int) -> None:

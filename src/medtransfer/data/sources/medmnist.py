@@ -1,5 +1,6 @@
 """`data=medmnist`: MedMNIST .npz files (keys train_images, train_labels, val_*, test_*), from a local
-path, or downloaded from the official release with its MD5 checksum."""
+path, or downloaded from the official release with its MD5 checksum. Labels (N, 1) are class indices;
+labels (N, L) with L > 1 are multi-label (ChestMNIST: 14 findings, 0/1; -1 is read as unknown)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,27 @@ MEDMNIST = {
             224: "d6a3c71de1b945ea11211b03746c1fe1",
         },
     ),
+}
+
+
+# label names of the multi-label sets (MedMNIST v2 INFO; ChestMNIST keeps NIH ChestX-ray14's order)
+LABEL_NAMES = {
+    "chestmnist": [
+        "atelectasis",
+        "cardiomegaly",
+        "effusion",
+        "infiltration",
+        "mass",
+        "nodule",
+        "pneumonia",
+        "pneumothorax",
+        "consolidation",
+        "edema",
+        "emphysema",
+        "fibrosis",
+        "pleural",
+        "hernia",
+    ],
 }
 
 
@@ -57,7 +79,8 @@ def download_medmnist(name: str, size: int, root: Path) -> Path:
 
 class MedMNISTDataModule(MedicalImageDataModule):
     """path: a local .npz (used as it is, any checksum). Otherwise name + size: the official file in
-    `download_dir`, downloaded when missing. class_names: optional names for the integer labels."""
+    `download_dir`, downloaded when missing. class_names: optional names for the integer labels (for
+    multi-label files: of the label columns; data.name=chestmnist names them too)."""
 
     def __init__(
         self,
@@ -107,20 +130,39 @@ class MedMNISTDataModule(MedicalImageDataModule):
             missing = [k for k in needed if k not in npz.files]
             if missing:
                 raise DataError(f"{file}: keys {missing} are missing; a MedMNIST .npz has {needed}.")
-            splits = {}
+            raw = {}
             for s in SPLITS:
                 images = npz[f"{s}_images"]
-                labels = npz[f"{s}_labels"].reshape(len(images), -1)
-                if labels.shape[1] != 1:
-                    raise DataError(
-                        f"{file}: {s}_labels has {labels.shape[1]} columns; multi-label sets are not supported."
-                    )
                 if images.dtype != np.uint8:
                     raise DataError(f"{file}: {s}_images is {images.dtype}; expected uint8 images.")
-                splits[s] = Split(labels=labels[:, 0].astype(np.int64), images=images)
-        num_classes = int(max(s.labels.max() for s in splits.values())) + 1
-        names = self.class_names or (MEDMNIST[self.name][0] if self.name in MEDMNIST else None)
+                raw[s] = (images, npz[f"{s}_labels"].reshape(len(images), -1))
+        widths = {labels.shape[1] for _, labels in raw.values()}
+        if len(widths) > 1:
+            raise DataError(
+                f"{file}: the label arrays have different numbers of columns ({sorted(widths)}) across splits; "
+                "every split needs the same labels."
+            )
+        multilabel = widths.pop() > 1
+        if multilabel:
+            splits = {
+                s: Split(labels=multilabel_targets(file, s, labels), images=images)
+                for s, (images, labels) in raw.items()
+            }
+            num_classes = splits["train"].labels.shape[1]
+            names = self.class_names or LABEL_NAMES.get(self.name)
+        else:
+            splits = {
+                s: Split(labels=labels[:, 0].astype(np.int64), images=images)
+                for s, (images, labels) in raw.items()
+            }
+            num_classes = int(max(s.labels.max() for s in splits.values())) + 1
+            names = self.class_names or (MEDMNIST[self.name][0] if self.name in MEDMNIST else None)
         classes = names or [str(i) for i in range(num_classes)]
+        if multilabel and len(classes) != num_classes:
+            raise DataError(
+                f"data.class_names has {len(classes)} names but {file} has {num_classes} label columns; "
+                "give one name per column, in column order."
+            )
         if len(classes) < num_classes:
             raise DataError(
                 f"data.class_names has {len(classes)} names but {file} has labels up to {num_classes - 1}."
@@ -129,5 +171,24 @@ class MedMNISTDataModule(MedicalImageDataModule):
         channels = 1 if images.ndim == 3 or images.shape[-1] == 1 else images.shape[-1]
         h, w = images.shape[1:3]
         return SplitData(
-            classes=list(classes), splits=splits, channels=channels, sizes={"height": [h, h], "width": [w, w]}
+            classes=list(classes),
+            splits=splits,
+            channels=channels,
+            sizes={"height": [h, h], "width": [w, w]},
+            multilabel=multilabel,
         )
+
+
+def multilabel_targets(file: Path, split: str, labels: np.ndarray) -> np.ndarray:
+    """(N, L) float32 targets of a multi-label array: 1 and 0 as they are, -1 (and NaN) unknown (NaN);
+    any other value is a DataError."""
+    values = labels.astype(np.float32)
+    unknown = np.isnan(values) | (values == -1)
+    bad = ~unknown & (values != 0) & (values != 1)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise DataError(
+            f"{file}: {split}_labels[{row}, {col}] is {labels[row, col]!r}; a multi-label array holds 1 "
+            "(positive), 0 (negative) or -1 (unknown) per label."
+        )
+    return np.where(unknown, np.nan, values).astype(np.float32)
