@@ -14,7 +14,7 @@ import hydra
 import lightning as L
 import yaml
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, OmegaConf
 
@@ -79,6 +79,8 @@ def build_model(cfg: DictConfig, datamodule: MedicalImageDataModule) -> Classifi
 
 def build_trainer(cfg: DictConfig, model: Classifier) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and "_target_" in c]
+    if not cfg.trainer.get("enable_progress_bar", True):  # trainer.enable_progress_bar=false wins
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     kwargs = {"enable_checkpointing": any(isinstance(c, ModelCheckpoint) for c in callbacks)}
     if cfg.trainer.get("strategy", "auto") == "ddp" and not model.strategy.static:
