@@ -162,3 +162,16 @@ def test_the_log_file_holds_the_console_tables_and_every_warning(tmp_path, npz_f
         assert shown in text, shown
     # Lightning's warning about the logging interval (6 batches < log_every_n_steps) went to the log file
     assert "[py.warnings][WARNING]" in text and "smaller than the logging interval" in text
+
+
+def test_progress_bar_off_drops_the_progress_bar_callback(tmp_path, npz_file):
+    from lightning.pytorch.callbacks import ProgressBar, RichProgressBar
+
+    from medtransfer.utils.compose import compose_config
+
+    overrides = ["data=medmnist", f"data.path={npz_file}", "model.weights=null", "trainer.accelerator=cpu"]
+    cfg = compose_config("train", tmp_path / "run", [*overrides, "trainer.enable_progress_bar=false"])
+    model = build_model(cfg, build_data(cfg))
+    assert not any(isinstance(c, ProgressBar) for c in build_trainer(cfg, model).callbacks)
+    cfg = compose_config("train", tmp_path / "run", overrides)  # the default keeps the Rich bar
+    assert any(isinstance(c, RichProgressBar) for c in build_trainer(cfg, model).callbacks)
