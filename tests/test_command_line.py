@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from medtransfer.train import resume_arguments
@@ -69,7 +70,7 @@ def test_resume_quotes_a_run_dir_with_awkward_characters(tmp_path):
     (run / ".hydra").mkdir(parents=True)
     (run / "checkpoints").mkdir()
     (run / ".hydra" / "overrides.yaml").write_text("- data=folder\n")
-    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    torch.save({"state_dict": {}}, run / "checkpoints" / "last.ckpt")  # an intact (if empty) checkpoint
     arguments = resume_arguments(run)
     check_overrides(arguments)
     parsed = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(arguments)}
