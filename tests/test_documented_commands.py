@@ -132,6 +132,14 @@ class Fixtures:
         ]
         self.manifest = base / "labels.csv"
         self.manifest.write_text("\n".join(rows) + "\n")
+        # NIH ChestX-ray14's table: findings joined by |, "No Finding" for none, a patient per image
+        findings = ("Effusion", "Effusion|Atelectasis", "Atelectasis")
+        nih = ["Image Index,Finding Labels,Patient ID"]
+        for i, path in enumerate(sorted(self.tree.rglob("*.*"))):
+            label = findings[i % 3] if path.parent.name == "malignant" else "No Finding"
+            nih.append(f"{path.relative_to(self.tree)},{label},{i}")
+        self.nih_manifest = base / "Data_Entry_2017_v2020.csv"
+        self.nih_manifest.write_text("\n".join(nih) + "\n")
         self.scans = base / "new_scans"
         shutil.copytree(self.tree / "benign", self.scans)
         self.run_dir: Path | None = None  # a finished training run (best.ckpt, last.ckpt)
@@ -166,7 +174,9 @@ class Fixtures:
             new = {
                 "data.root": lambda v: self.folder(v),
                 "data.path": lambda v: str(self.npz),
-                "data.manifest": lambda v: str(self.manifest),
+                "data.manifest": lambda v: str(
+                    self.nih_manifest if v.endswith("Data_Entry_2017_v2020.csv") else self.manifest
+                ),
                 "ckpt_path": lambda v: self.checkpoint(v),
                 "model.weights": lambda v: ",".join(
                     self.checkpoint(w) if w.strip("\"'").endswith(".ckpt") else w for w in v.split(",")
