@@ -1,0 +1,86 @@
+"""Cross-validation (docs/cross_validation.md): folds grouped by patient and stratified by label, the test
+split outside the folds, folds.csv, the CV report and its out-of-fold predictions."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from conftest import make_folder_tree
+from medtransfer.data.sources.folder import FolderDataModule
+from medtransfer.data.splits import connected_groups, grouped_folds, iterative_grouped_folds
+from medtransfer.utils.errors import ConfigError, DataError
+
+
+def test_every_patient_in_one_fold_and_classes_balanced():
+    rng = np.random.default_rng(0)
+    per_patient = rng.integers(1, 4, 60)
+    labels = np.repeat(rng.integers(0, 2, 60), per_patient)
+    patients = np.repeat([f"P{i}" for i in range(60)], per_patient)
+    folds = grouped_folds(labels, connected_groups(patients), 5, seed=3)
+    folds_of = defaultdict(set)
+    for patient, fold in zip(patients, folds, strict=True):
+        folds_of[patient].add(int(fold))
+    assert all(len(f) == 1 for f in folds_of.values())
+    assert set(folds) == set(range(5))
+    for c in (0, 1):
+        counts = np.bincount(folds[labels == c], minlength=5)
+        assert counts.min() > 0
+        assert np.abs(counts - (labels == c).sum() / 5).max() <= 3  # patients of up to 3 images
+
+
+def test_one_image_per_patient_gives_counts_within_one_of_ideal():
+    labels = np.array([0] * 23 + [1] * 9 + [2] * 14)
+    folds = grouped_folds(labels, np.arange(len(labels)), 4, seed=1)
+    for c in range(3):
+        counts = np.bincount(folds[labels == c], minlength=4)
+        assert np.abs(counts - (labels == c).sum() / 4).max() < 1
+
+
+def test_same_seed_same_folds_and_too_few_patients_is_an_error():
+    labels = np.arange(40) % 2
+    assert (grouped_folds(labels, np.arange(40), 5, 7) == grouped_folds(labels, np.arange(40), 5, 7)).all()
+    with pytest.raises(DataError, match=r"data.folds=5.*data.folds=3"):
+        grouped_folds(np.array([0] * 10 + [1] * 3), np.arange(13), 5, 0)
+
+
+def test_multilabel_folds_keep_patients_together():
+    rng = np.random.default_rng(0)
+    targets = (rng.random((60, 3)) < 0.3).astype(float)
+    patients = np.arange(60) // 2
+    folds = iterative_grouped_folds(targets, patients, 3, seed=0)
+    assert all(len(set(folds[patients == p])) == 1 for p in range(30))
+    for label in range(3):
+        assert (np.bincount(folds[targets[:, label] == 1], minlength=3) > 0).all()
+
+
+def _folds_csv(tmp_path, fold: int, seed: int = 0):
+    root = tmp_path / "tree"
+    if not root.exists():
+        make_folder_tree(root, per_class=15, size=16)
+    dm = FolderDataModule(root=str(root), image_size=16, folds=5, fold=fold, seed=seed, cache="none")
+    dm.setup()
+    out = tmp_path / f"folds_{fold}_{seed}.csv"
+    assert dm.write_folds_csv(out)
+    return dm, out.read_text()
+
+
+def test_fold_is_val_test_fixed_and_folds_csv_identical(tmp_path):
+    dm0, csv0 = _folds_csv(tmp_path, 0)
+    dm3, csv3 = _folds_csv(tmp_path, 3)
+    assert csv0 == csv3  # the assignment does not depend on which fold is val
+    rows = [line.split(",") for line in csv0.strip().splitlines()[1:]]
+    assert len(rows) == 30 and {r[2] for r in rows} == {"0", "1", "2", "3", "4", "test"}
+    assert sorted(dm0.data.splits["test"].paths) == sorted(dm3.data.splits["test"].paths)
+    val3 = sorted(r[0] for r in rows if r[2] == "3")
+    assert sorted(dm3.data.splits["val"].paths) == val3
+    assert not set(dm3.data.splits["train"].paths) & set(val3)
+    assert _folds_csv(tmp_path, 1, seed=1)[1] != csv0  # another seed, other folds
+
+
+@pytest.mark.parametrize("folds, fold", [(1, 0), (5, 5), (3, -1)])
+def test_bad_fold_settings_name_the_value(tmp_path, folds, fold):
+    with pytest.raises(ConfigError, match=r"data\.fold"):
+        FolderDataModule(root=str(tmp_path), folds=folds, fold=fold)
