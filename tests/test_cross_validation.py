@@ -84,3 +84,69 @@ def test_fold_is_val_test_fixed_and_folds_csv_identical(tmp_path):
 def test_bad_fold_settings_name_the_value(tmp_path, folds, fold):
     with pytest.raises(ConfigError, match=r"data\.fold"):
         FolderDataModule(root=str(tmp_path), folds=folds, fold=fold)
+
+
+CV_TINY = [
+    "model.weights=null",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.enable_progress_bar=false",
+    "++callbacks.rich_progress_bar=null",
+    "callbacks.explanations=null",
+    "callbacks.sample_images=null",
+    "data.image_size=16",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "print_config=false",
+    "bootstrap.samples=0",
+]
+
+
+@pytest.fixture(scope="module")
+def cv_sweep(tmp_path_factory):
+    """One 2-fold cross-validation of a tiny tree with one command (shared by the tests below)."""
+    import os
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("cv")
+    root = make_folder_tree(tmp / "tree", per_class=12, size=16)
+    sweep = tmp / "sweep"
+    cmd = [
+        sys.executable,
+        "-m",
+        "medtransfer.train",
+        "-m",
+        "hparams_search=kfold",
+        "data.folds=2",
+        "data=folder",
+    ]
+    cmd += [f"data.root={root}", *CV_TINY, f"paths.log_dir={tmp / 'outputs'}", f"hydra.sweep.dir={sweep}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=500, cwd=tmp, env=dict(os.environ))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return sweep
+
+
+def test_cv_report_pools_every_non_test_image_once(cv_sweep):
+    import csv
+
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    folds = [(cv_sweep / str(j) / "folds.csv").read_text() for j in (0, 1)]
+    assert folds[0] == folds[1]
+    non_test = {r["path"] for r in csv.DictReader(folds[0].splitlines()) if r["fold"] != "test"}
+    with (cv_sweep / "oof_predictions.csv").open() as f:
+        oof = list(csv.DictReader(f))
+    paths = [r["path"] for r in oof]
+    assert len(paths) == len(set(paths)) and set(paths) == non_test
+    with (cv_sweep / "cv_report.csv").open() as f:
+        pooled = next(r for r in csv.DictReader(f) if r["fold"] == "pooled")
+    recomputed = binary_auroc(
+        torch.tensor([float(r["prob_malignant"]) for r in oof], dtype=torch.float64),
+        torch.tensor([int(r["target"]) for r in oof]),
+    )
+    assert float(pooled["oof_auroc"]) == pytest.approx(float(recomputed), abs=1e-12)
+    report = (cv_sweep / "cv_report.md").read_text()
+    assert "mean" in report and "Pooled out-of-fold AUROC" in report

@@ -5,44 +5,14 @@ cross-validation."""
 
 from __future__ import annotations
 
-import csv
-import math
 from pathlib import Path
 
 import lightning as L
-import torch
 
+from medtransfer.evaluation.cross_validation import Predictions, write_predictions
 from medtransfer.models.checkpoint import best_model
-from medtransfer.utils.atomic_write import atomic_open
 
 PREDICTIONS_FILE = "val_predictions.csv"
-
-
-def prediction_columns(class_names: list[str], multilabel: bool) -> list[str]:
-    """The header of val_predictions.csv / oof_predictions.csv: path, fold, label (as text), target
-    (the class index; multi-label: target_<label>, 1 / 0 / empty for unknown), prob_<class> (as the model
-    is deployed: temperature applied)."""
-    targets = [f"target_{c}" for c in class_names] if multilabel else ["target"]
-    return ["path", "fold", "label", *targets, *[f"prob_{c}" for c in class_names]]
-
-
-def write_predictions(
-    path: Path,
-    paths: list[str],
-    fold: int | str,
-    label_texts: list[str],
-    targets: torch.Tensor,
-    probs: torch.Tensor,
-    class_names: list[str],
-) -> None:
-    """One row per image: targets (N,) int or (N, L) float with NaN unknown; probs (N, C)."""
-    multilabel = targets.ndim == 2
-    with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.writer(f)
-        writer.writerow(prediction_columns(class_names, multilabel))
-        for name, text, target, p in zip(paths, label_texts, targets.tolist(), probs.tolist(), strict=True):
-            target = ["" if math.isnan(t) else int(t) for t in target] if multilabel else [int(target)]
-            writer.writerow([name, fold, text, *target, *[f"{v:.8f}" for v in p]])
 
 
 class ValidationPredictions(L.Callback):
@@ -63,12 +33,12 @@ class ValidationPredictions(L.Callback):
             logits, targets = model.collect_logits(dm.dataloader("val"))
             probs = model.probabilities_of(logits).float().cpu()
         part = images.data.splits["val"]
-        write_predictions(
-            self.output_dir / PREDICTIONS_FILE,
-            part.paths,
-            images.fold,
+        predictions = Predictions(
+            list(part.paths),
+            [str(images.fold)] * len(part),
             [images.label_text(label) for label in part.labels],
             targets.cpu(),
-            probs,
+            probs.double(),
             list(model.class_names),
         )
+        write_predictions(self.output_dir / PREDICTIONS_FILE, predictions)
