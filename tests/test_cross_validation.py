@@ -150,3 +150,16 @@ def test_cv_report_pools_every_non_test_image_once(cv_sweep):
     assert float(pooled["oof_auroc"]) == pytest.approx(float(recomputed), abs=1e-12)
     report = (cv_sweep / "cv_report.md").read_text()
     assert "mean" in report and "Pooled out-of-fold AUROC" in report
+
+
+def test_kfold_preset_composes_and_medmnist_refuses_folds(tmp_path):
+    from hydra.utils import instantiate
+
+    from medtransfer.utils.compose import compose_config
+
+    cfg = compose_config("train", tmp_path / "run", ["hparams_search=kfold", "data.root=x"])
+    assert cfg.data.folds == 5 and cfg.data.fold == 0
+    cfg = compose_config("train", tmp_path / "run", ["data=medmnist", "data.path=x.npz", "+data.folds=3"])
+    with pytest.raises(Exception, match=r"data\.folds=3: cross-validation") as raised:  # Hydra wraps it
+        instantiate(cfg.data)
+    assert isinstance(raised.value, ConfigError) or isinstance(raised.value.__cause__, ConfigError)
