@@ -163,3 +163,10 @@ def test_kfold_preset_composes_and_medmnist_refuses_folds(tmp_path):
     with pytest.raises(Exception, match=r"data\.folds=3: cross-validation") as raised:  # Hydra wraps it
         instantiate(cfg.data)
     assert isinstance(raised.value, ConfigError) or isinstance(raised.value.__cause__, ConfigError)
+
+
+def test_the_test_split_is_the_one_made_without_folds(tmp_path):
+    dm, _ = _folds_csv(tmp_path, 2)
+    plain = FolderDataModule(root=str(tmp_path / "tree"), image_size=16, seed=0, cache="none")
+    plain.setup()
+    assert sorted(plain.data.splits["test"].paths) == sorted(dm.data.splits["test"].paths)

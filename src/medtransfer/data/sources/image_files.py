@@ -90,7 +90,7 @@ class ImageFilesDataModule(MedicalImageDataModule):
     than 8 bits (16-bit, signed, DICOM after rescale); None: see `decode`. dicom_window: its former name.
     folds, fold: k-fold cross-validation (docs/cross_validation.md): every image outside the test split is
     given one of `folds` folds (stratified, grouped by patient and by content, seeded by data.seed only);
-    fold `fold` is the val split, the others train; data.val_fraction is not used. None: no folds."""
+    fold `fold` is the val split, the others train (the test split is the one made without folds). None: no folds."""
 
     def __init__(
         self,
@@ -176,7 +176,9 @@ class ImageFilesDataModule(MedicalImageDataModule):
         """Stratified by class (multi-label: by the label vectors, iterative stratification); the images of
         one patient, and copies of one image, go to one split."""
         groups = connected_groups([i.patient for i in items], [facts[i.path].sha1 for i in items])
-        val_fraction = 0.0 if self.folds else self.val_fraction  # with folds, val is a fold
+        # with folds the val split made here joins train in the folds: the test split is the one a run without
+        # folds makes from the same seed, so a fold ensemble and a single split are tested on the same images
+        val_fraction = self.val_fraction
         if items and items[0].targets is not None:
             targets = np.array([i.targets for i in items], dtype=float)
             assignment = iterative_grouped_split(
