@@ -146,3 +146,43 @@ def test_predict_checks_its_inputs_and_predicts_the_rest(trained_folder_run, fol
     assert settings["images"] == 4
     assert [u["path"] for u in settings["unreadable"]] == [str(scans / "broken.png")]
     assert "1 of 5 input file(s) cannot be used" in caplog.text
+
+
+def test_tta_identity_is_plain_eval_and_two_copies_are_the_checkpoint(trained_folder_run, tmp_path):
+    import shutil
+
+    run, _ = trained_folder_run
+    best = run / "checkpoints" / "best.ckpt"
+    copy = tmp_path / "copy.ckpt"
+    shutil.copy(best, copy)
+
+    def run_eval(name, *overrides):
+        return evaluate(compose_config("eval", tmp_path / name, [*overrides, "trainer.accelerator=cpu"]))
+
+    plain = run_eval("plain", f"ckpt_path={best}")
+    assert run_eval("identity", f"ckpt_path={best}", "tta=[identity]") == plain  # bit for bit
+    pair = run_eval("pair", f"ckpt_path=[{best},{copy}]")
+    for key in ("test/auroc", "test/acc", "test/balanced_acc", "test/loss"):
+        assert pair[key] == pytest.approx(plain[key], abs=1e-5), key
+    assert pair["test/uncertainty_mean"] == pytest.approx(0.0, abs=1e-6)
+    written = json.loads((tmp_path / "pair" / "metrics.json").read_text())
+    assert len(written["members"]) == 2
+    flipped = run_eval("tta", f"ckpt_path={best}", "tta=[hflip,vflip,rot90]")
+    assert 0 <= flipped["test/auroc"] <= 1 and flipped["test/uncertainty_mean"] > 0
+
+
+def test_predict_ensemble_with_tta_has_an_uncertainty_column(trained_folder_run, folder_tree, tmp_path):
+    import shutil
+
+    run, _ = trained_folder_run
+    best = run / "checkpoints" / "best.ckpt"
+    shutil.copy(best, tmp_path / "copy.ckpt")
+    single = predict(best, folder_tree / "malignant", tmp_path / "single.csv")
+    pair = predict([best, tmp_path / "copy.ckpt"], folder_tree / "malignant", tmp_path / "pair.csv")
+    one, two = list(csv.DictReader(single.open())), list(csv.DictReader(pair.open()))
+    assert list(two[0])[-1] == "uncertainty"
+    for a, b in zip(one, two, strict=True):
+        assert float(a["prob_malignant"]) == pytest.approx(float(b["prob_malignant"]), abs=1e-6)
+        assert float(b["uncertainty"]) == pytest.approx(0.0, abs=1e-6)
+    tta = predict(best, folder_tree / "malignant", tmp_path / "tta.csv", tta=["hflip", "rot90"])
+    assert all(float(r["uncertainty"]) >= 0 for r in csv.DictReader(tta.open()))

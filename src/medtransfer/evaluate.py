@@ -1,7 +1,12 @@
 """`medtransfer-eval ckpt_path=PATH [split=test] [data=... data.*=...]`: metrics of a checkpoint on a split,
 from one eval-mode pass over it, written to metrics.json with the split's report (confusion matrix,
 reliability diagram, ROC and precision-recall curves, per-class report) in the eval run's own directory,
-every key and file named by the split. The checkpoint's temperature and threshold are applied."""
+every key and file named by the split. The checkpoint's temperature and threshold are applied.
+
+Several checkpoints (`ckpt_path=[a.ckpt,b.ckpt]`, or a sweep / cross-validation dir, optionally
+`ensemble.top_k=3`) are evaluated as an ensemble, and test-time augmentation (`tta=[hflip,vflip,rot90]`)
+as views of each image: probabilities averaged (models/ensemble.py); metrics.json also lists each
+member's metrics and the mean uncertainty (spread over members × views)."""
 
 from __future__ import annotations
 
@@ -16,8 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.data.splits import SPLITS
 from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
-from medtransfer.models.checkpoint import DATA_SOURCES, load_classifier
+from medtransfer.models.checkpoint import DATA_SOURCES
 from medtransfer.models.classifier import Classifier
+from medtransfer.models.ensemble import (
+    as_logits,
+    checkpoint_paths,
+    ensemble_model,
+    load_members,
+    predict_views,
+    tta_views,
+    uncertainty,
+)
 from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.command_line import check_command_line, user_override
 from medtransfer.utils.console import print_metrics, setup_logging
@@ -84,11 +98,36 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if cfg.split not in SPLITS:
         raise ConfigError(f"split={cfg.split!r}: use one of {', '.join(SPLITS)}.")
     output_dir = Path(cfg.paths.output_dir)
-    model = load_classifier(cfg.ckpt_path)
-    datamodule = datamodule_for(model, cfg.get("data"))
+    ensemble = cfg.get("ensemble") or {}
+    paths = checkpoint_paths(cfg.ckpt_path, ensemble.get("top_k"), ensemble.get("metric"))
+    members = load_members(paths)
+    views = tta_views(cfg.get("tta"))
+    check_no_leak(members, paths, cfg.split, cfg.get("data"))
+    datamodule = datamodule_for(members[0], cfg.get("data"))
     loader = datamodule.dataloader(cfg.split)
-    logits, targets = model.to(device_of(cfg.trainer.accelerator)).collect_logits(loader)
-    model.cpu()
+    device = device_of(cfg.trainer.accelerator)
+    member_metrics = []
+    if len(members) == 1 and views == ["identity"]:  # one plain pass, the checkpoint's own logits
+        model = members[0]
+        logits, targets = model.to(device).collect_logits(loader)
+        model.cpu()
+        spread = None
+    else:
+        model = ensemble_model(members)
+        multilabel = model.task.multilabel
+        probs, targets, stack = predict_views(members, loader, views, device)
+        logits = as_logits(probs, multilabel)
+        spread = uncertainty(stack, multilabel)
+        per_member = stack.reshape(len(members), len(views), *stack.shape[1:]).mean(1)
+        for path, member_probs in zip(paths, per_member, strict=True):
+            values = split_metrics(
+                ensemble_model(members),
+                as_logits(member_probs, multilabel),
+                targets,
+                cfg.split,
+                loader.batch_size,
+            )
+            member_metrics.append({"ckpt_path": str(path), **values})
     metrics = split_metrics(model, logits, targets, cfg.split, loader.batch_size)
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     bootstrap = cfg.get("bootstrap") or {}
@@ -96,10 +135,34 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     metrics.update(
         evaluation_report(model, logits, targets, cfg.split, output_dir, loggers, 0, samples, seed)
     )
+    if spread is not None:
+        metrics[f"{cfg.split}/uncertainty_mean"] = float(spread.mean())
     write_decision_settings(model, output_dir)
-    atomic_write_json(output_dir / "metrics.json", {"ckpt_path": str(cfg.ckpt_path), **metrics})
-    print_metrics(metrics, title=f"{cfg.split} metrics of {cfg.ckpt_path}")
+    extra = {"members": member_metrics} if len(members) > 1 else {}
+    ckpt = str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+    atomic_write_json(output_dir / "metrics.json", {"ckpt_path": ckpt, "tta": views, **metrics, **extra})
+    what = f"{len(members)} checkpoints" if len(members) > 1 else str(paths[0])
+    if len(views) > 1:
+        what += f", TTA {'+'.join(views)}"
+    for member in member_metrics:
+        print_metrics(
+            {k: v for k, v in member.items() if k != "ckpt_path"}, title=f"member {member['ckpt_path']}"
+        )
+    print_metrics(metrics, title=f"{cfg.split} metrics of {what}")
     return metrics
+
+
+def check_no_leak(members: list[Classifier], paths: list[Path], split: str, data_cfg) -> None:
+    """An ensemble of the folds of a cross-validation has seen every non-test image in training (each
+    member the others' validation folds): only its test split is unseen. ConfigError otherwise."""
+    folds = {(m.hparams.get("data_config") or {}).get("fold") for m in members}
+    if len(members) > 1 and len(folds) > 1 and split != "test":
+        raise ConfigError(
+            f"split={split} with an ensemble of {len(members)} cross-validation folds ({paths[0].parent.parent} "
+            f"…): each member trained on the others' validation folds, so its {split} metrics would be "
+            "optimistic. Evaluate the ensemble on split=test; the cross-validation's own out-of-fold "
+            "metrics are in cv_report.md."
+        )
 
 
 def main() -> None:

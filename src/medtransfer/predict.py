@@ -9,7 +9,12 @@ each image's top-scoring label. Only file paths identify an image: nothing from 
 The inputs are checked as training checks its data: archive and system debris (`__MACOSX/`, `._*`, hidden
 files) is ignored; every image is read and decoded in full first, and files that cannot be used are listed
 (an `error` column in predictions.csv and `unreadable` in predictions.json, with a warning) while the rest
-are predicted. Images are decoded with the intensity window the checkpoint was trained with."""
+are predicted. Images are decoded with the intensity window the checkpoint was trained with.
+
+Several checkpoints (`ckpt_path=[a.ckpt,b.ckpt]` or a sweep / cross-validation dir, `ensemble.top_k`) and
+test-time augmentation (`tta=[hflip,vflip,rot90]`) average the probabilities over members × views
+(models/ensemble.py) and add an `uncertainty` column: the spread among them (std of the positive class
+probability; else the mean std over classes)."""
 
 from __future__ import annotations
 
@@ -33,7 +38,14 @@ from medtransfer.data.files.listing import shown_path, walk_files
 from medtransfer.data.transforms import eval_transform
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.split_report import decision_text
-from medtransfer.models.checkpoint import load_classifier
+from medtransfer.models.ensemble import (
+    VIEWS,
+    checkpoint_paths,
+    ensemble_model,
+    load_members,
+    tta_views,
+    uncertainty,
+)
 from medtransfer.utils.atomic_write import atomic_open, atomic_write_json
 from medtransfer.utils.command_line import check_command_line
 from medtransfer.utils.console import console, setup_logging
@@ -109,6 +121,9 @@ def predict(
     explain: bool = False,
     explain_method: str = "gradcam",
     explain_label: str | None = None,
+    tta=None,
+    top_k: int | None = None,
+    metric: str | None = None,
 ) -> Path:
     """Write predictions.csv (path, prediction, prob_<class>…, with explain: the overlay's path) and, next
     to it, predictions.json (how the prediction was decided). The checkpoint's temperature scales the
@@ -117,7 +132,16 @@ def predict(
     None: the predicted class (multi-label: the top-scoring label)."""
     if explain:
         check_method(explain_method)
-    model = load_classifier(ckpt_path)
+    ckpt_paths = checkpoint_paths(ckpt_path, top_k, metric)
+    members = load_members(ckpt_paths)
+    views = tta_views(tta)
+    averaged = len(members) > 1 or len(views) > 1
+    if explain and averaged:
+        raise ConfigError(
+            f"explain=true with {len(members)} checkpoint(s) and tta views {views}: Grad-CAM explains one "
+            "model on one view; predict with one checkpoint and no tta to get overlays."
+        )
+    model = ensemble_model(members) if averaged else members[0]
     explained = explained_index(model, explain_label)
     prep = model.preprocessing
     window = window_from_config(model.hparams.get("data_config"))  # as the model was trained
@@ -141,10 +165,15 @@ def predict(
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     explanations_dir = output.parent / "explanations"
-    all_probs, all_predicted, overlays, explained_labels = [], [], [], []
+    all_probs, all_predicted, overlays, explained_labels, spreads = [], [], [], [], []
     for x, _ in loader:
         with torch.inference_mode():
-            probs = model.probabilities(x)
+            if averaged:
+                stack = torch.stack([m.probabilities(VIEWS[v](x)) for m in members for v in views])
+                probs = stack.mean(0)
+                spreads.append(uncertainty(stack, model.task.multilabel))
+            else:
+                probs = model.probabilities(x)
         predicted = model.decide(probs)
         all_probs.append(probs)
         all_predicted.append(predicted)
@@ -160,6 +189,7 @@ def predict(
                 overlays.append(str(target))
     probs = torch.cat(all_probs).numpy()
     predicted = torch.cat(all_predicted).tolist()
+    spread = torch.cat(spreads).tolist() if averaged else []
     multilabel = model.task.multilabel
     rows = {
         path: [
@@ -167,6 +197,7 @@ def predict(
             prediction_text(model, predicted[i]),
             *[f"{v:.6f}" for v in p],
             *(predicted[i] if multilabel else []),
+            *([f"{spread[i]:.6f}"] if averaged else []),
             *([overlays[i]] if explain else []),
             *([explained_labels[i]] if explain and multilabel else []),
             *([""] if bad else []),
@@ -174,7 +205,10 @@ def predict(
         for i, (path, p) in enumerate(zip(paths, probs, strict=True))
     }
     blank = [""] * (
-        1 + len(model.class_names) * (2 if multilabel else 1) + int(explain) * (2 if multilabel else 1)
+        1
+        + len(model.class_names) * (2 if multilabel else 1)
+        + int(averaged)
+        + int(explain) * (2 if multilabel else 1)
     )
     rows.update({path: [path, *blank, f.reason] for path, f in bad.items()})
     # written whole, after every prediction; names that are not UTF-8 as their bytes (surrogateescape)
@@ -186,6 +220,7 @@ def predict(
                 "prediction",
                 *[f"prob_{c}" for c in model.class_names],
                 *([f"pred_{c}" for c in model.class_names] if multilabel else []),
+                *(["uncertainty"] if averaged else []),
                 *(["explanation"] if explain else []),
                 *(["explained_label"] if explain and multilabel else []),
                 *(["error"] if bad else []),
@@ -193,7 +228,8 @@ def predict(
         )
         writer.writerows(rows[path] for path in sorted(rows))
     settings = {
-        "checkpoint": str(ckpt_path),
+        "checkpoint": str(ckpt_paths[0]) if len(ckpt_paths) == 1 else [str(c) for c in ckpt_paths],
+        "tta": views,
         "images": len(paths),
         "window": window,
         "unreadable": [
@@ -262,6 +298,9 @@ def hydra_main(cfg: DictConfig) -> None:
             explain=bool(cfg.get("explain", False)),
             explain_method=cfg.get("explain_method", "gradcam"),
             explain_label=cfg.get("explain_label"),
+            tta=cfg.get("tta"),
+            top_k=(cfg.get("ensemble") or {}).get("top_k"),
+            metric=(cfg.get("ensemble") or {}).get("metric"),
         )
         settings = json.loads(written.with_suffix(".json").read_text())
         console.print(f"predictions: {written} (predicted class: {settings['decision']})")

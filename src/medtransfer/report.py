@@ -1,6 +1,8 @@
 """`medtransfer-report <multirun dir>`: one table of every job of a sweep (overrides, status, best val
 metric, test metrics, epochs, wall time) in the terminal, as CSV and Markdown, and a PNG of the
-optimized metric against the swept parameters."""
+optimized metric against the swept parameters. A cross-validation (jobs swept over data.fold) also gets
+cv_report.md/.csv (per fold, mean ± sd, the pooled out-of-fold AUROC with its bootstrap interval) and the
+out-of-fold predictions (docs/cross_validation.md)."""
 
 from __future__ import annotations
 
@@ -15,9 +17,18 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from medtransfer.callbacks.validation_predictions import PREDICTIONS_FILE
+from medtransfer.evaluation.cross_validation import (
+    mean_sd,
+    pool,
+    pooled_auroc,
+    pooled_interval,
+    read_predictions,
+    write_predictions,
+)
 from medtransfer.utils.atomic_write import atomic_open, atomic_write_text
 from medtransfer.utils.console import console, print_table
-from medtransfer.utils.sweep_jobs import job_state, unstarted_jobs
+from medtransfer.utils.sweep_jobs import NEUTRAL_KEYS, job_state, unstarted_jobs
 
 COLUMNS = ("val_best", "test/auroc", "test/acc", "test/balanced_acc", "epochs", "wall_time_s")
 
@@ -194,6 +205,168 @@ def report(
     return paths
 
 
+FOLD_KEY = "data.fold"
+CV_METRICS = ("val_best", "test/auroc", "test/acc", "test/balanced_acc")
+
+
+def _overrides_of(row: dict) -> list[str]:
+    job_file = Path(row["dir"]) / ".hydra" / "overrides.yaml" if row.get("dir") else None
+    if job_file is not None and job_file.is_file():
+        return [str(o) for o in yaml.safe_load(job_file.read_text()) or []]
+    return row["overrides"].split()
+
+
+def cv_settings(rows: list[dict]) -> dict[str, list[dict]]:
+    """The jobs of a sweep over data.fold, grouped by their other overrides (one cross-validation per
+    setting, e.g. per learning rate): {"key=value …" (or "all"): [rows in fold order]}. Empty when no job
+    sets data.fold."""
+    settings: dict[str, list[dict]] = {}
+    for row in rows:
+        overrides = _overrides_of(row)
+        if not any(o.split("=", 1)[0] == FOLD_KEY for o in overrides):
+            continue
+        rest = sorted(
+            o for o in overrides if o.lstrip("+~").split("=", 1)[0] not in (FOLD_KEY, *NEUTRAL_KEYS)
+        )
+        settings.setdefault(" ".join(rest) or "all", []).append(row)
+    for jobs in settings.values():
+        jobs.sort(key=lambda r: int(r.get(FOLD_KEY, -1)))
+    # named by the overrides that tell the settings apart (all of them alike: "all")
+    split = {name: dict(o.split("=", 1) for o in name.split() if "=" in o) for name in settings}
+    keys = {k for pairs in split.values() for k in pairs}
+    differ = sorted(k for k in keys if len({pairs.get(k) for pairs in split.values()}) > 1)
+    return {
+        " ".join(f"{k}={split[name].get(k)}" for k in differ) or "all": jobs
+        for name, jobs in settings.items()
+    }
+
+
+def _non_test_paths(jobs: list[dict]) -> set[str] | None:
+    """The images outside the test split, from the folds.csv of a job of the setting (None if none has one)."""
+    for row in jobs:
+        folds_csv = Path(row.get("dir") or "") / "folds.csv"
+        if row.get("dir") and folds_csv.is_file():
+            with folds_csv.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
+                return {r["path"] for r in csv.DictReader(f) if r["fold"] != "test"}
+    return None
+
+
+def cv_summary(
+    jobs: list[dict], oof_file: Path, samples: int = 1000, seed: int = 0
+) -> tuple[list[dict], list[str]]:
+    """The rows of one setting's CV report: one per fold, then mean, sd, and pooled (out-of-fold AUROC
+    with its bootstrap 95 % interval); writes the out-of-fold predictions to `oof_file`. Also the notes
+    (missing folds, images without an out-of-fold prediction), which the report prints loudly."""
+    table = [
+        {"fold": r.get(FOLD_KEY), "job": r["job"], "status": r["status"], **{k: r.get(k) for k in CV_METRICS}}
+        for r in jobs
+    ]
+    notes = [f"fold {r['fold']} (job {r['job']}): {r['status']}" for r in table if r["status"] != "completed"]
+    for stat, index in (("mean", 0), ("sd", 1)):
+        table.append(
+            {
+                "fold": stat,
+                "status": f"{sum(r['status'] == 'completed' for r in jobs)} of {len(jobs)} folds",
+                **{
+                    k: mean_sd([r.get(k) for r in jobs if r["status"] == "completed"])[index]
+                    for k in CV_METRICS
+                },
+            }
+        )
+    parts = [
+        (f"job {r['job']}", read_predictions(Path(r["dir"]) / PREDICTIONS_FILE))
+        for r in jobs
+        if r["status"] == "completed" and r.get("dir") and (Path(r["dir"]) / PREDICTIONS_FILE).is_file()
+    ]
+    done = [r for r in jobs if r["status"] == "completed"]
+    if len(parts) < len(done):
+        notes.append(
+            f"{len(done) - len(parts)} completed fold job(s) wrote no {PREDICTIONS_FILE} (trained with "
+            "callbacks that leave out validation_predictions?): their images are missing from the pooled metrics"
+        )
+    if not parts:
+        return table, notes
+    pooled = pool(parts)
+    expected = _non_test_paths(jobs)
+    if expected is not None:
+        missing = expected - set(pooled.paths)
+        if missing:
+            notes.append(
+                f"{len(missing)} of {len(expected)} images outside the test split have no out-of-fold "
+                "prediction (a fold did not complete): the pooled metrics are of the others only"
+            )
+    write_predictions(oof_file, pooled)
+    value = pooled_auroc(pooled)
+    interval = pooled_interval(pooled, samples, seed)
+    table.append(
+        {
+            "fold": "pooled",
+            "status": f"{len(pooled.paths)} out-of-fold images",
+            "oof_auroc": value,
+            "oof_auroc_low": interval[0] if interval else None,
+            "oof_auroc_high": interval[1] if interval else None,
+            "oof_file": oof_file.name,
+        }
+    )
+    return table, notes
+
+
+def cv_report(
+    sweep_dir: str | Path, rows: list[dict] | None = None, samples: int = 1000, seed: int = 0
+) -> dict[str, Path]:
+    """cv_report.csv/.md and the out-of-fold predictions (oof_predictions.csv; with several settings
+    oof_predictions_<n>.csv, n as listed in the report) in the sweep dir, when its jobs are swept over
+    data.fold. Returns the written paths ({} for a sweep without folds)."""
+    sweep_dir = Path(sweep_dir)
+    rows = collect(sweep_dir) if rows is None else rows
+    settings = cv_settings(rows)
+    if not settings:
+        return {}
+    all_rows, lines, all_notes = [], [], []
+    for n, (setting, jobs) in enumerate(settings.items()):
+        oof = sweep_dir / ("oof_predictions.csv" if len(settings) == 1 else f"oof_predictions_{n}.csv")
+        table, notes = cv_summary(jobs, oof, samples, seed)
+        all_rows += [{"setting": setting, **r} for r in table]
+        all_notes += [f"{setting}: {note}" for note in notes]
+        lines += _cv_markdown(setting, table, notes)
+    paths = {"cv_csv": sweep_dir / "cv_report.csv", "cv_markdown": sweep_dir / "cv_report.md"}
+    write_csv(all_rows, paths["cv_csv"])
+    atomic_write_text(paths["cv_markdown"], "\n".join(lines) + "\n")
+    for setting in settings:
+        pooled = next((r for r in all_rows if r["setting"] == setting and r["fold"] == "pooled"), None)
+        mean = next(r for r in all_rows if r["setting"] == setting and r["fold"] == "mean")
+        sd = next(r for r in all_rows if r["setting"] == setting and r["fold"] == "sd")
+        text = f"CV {setting}: val_best {_cell(mean['val_best'])} ± {_cell(sd['val_best'])}"
+        if pooled:
+            text += f", pooled out-of-fold AUROC {_interval(pooled)}"
+        console.print(text, markup=False)
+    for note in all_notes:
+        console.print(note, style="red", markup=False)
+    return paths
+
+
+def _interval(row: dict) -> str:
+    low, high = row.get("oof_auroc_low"), row.get("oof_auroc_high")
+    ci = f" (95% CI {low:.4f}–{high:.4f})" if low is not None and high is not None else ""
+    return f"{_cell(row['oof_auroc'])}{ci}"
+
+
+def _cv_markdown(setting: str, table: list[dict], notes: list[str]) -> list[str]:
+    columns = ["fold", "job", "status", *CV_METRICS]
+    lines = [f"## {setting}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in table if r["fold"] != "pooled"
+    ]
+    pooled = next((r for r in table if r["fold"] == "pooled"), None)
+    if pooled:
+        lines += [
+            "",
+            f"Pooled out-of-fold AUROC ({pooled['status']}, {pooled['oof_file']}): {_interval(pooled)}",
+        ]
+    lines += ["", *[f"- **{note}**" for note in notes], ""] if notes else [""]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="medtransfer-report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir")
@@ -202,6 +375,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     paths = report(args.multirun_dir, args.out)
+    paths.update(cv_report(args.multirun_dir))
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
 
@@ -227,6 +401,7 @@ class SweepSummary(Callback):
         if not rows:
             return  # a remote launcher (SLURM) returns before its jobs write anything here
         report(sweep_dir, rows=rows)
+        cv_report(sweep_dir, rows)
         if any(r["status"] == "failed" for r in rows):
             console.print("[red]See status.json and traceback.txt in the failed jobs' run dirs.[/red]")
             raise SystemExit(1)

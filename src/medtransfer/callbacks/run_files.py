@@ -1,5 +1,5 @@
 """Writes the data description of a run into its directory: data_summary.json, splits.csv (when
-medtransfer made the split) and skipped.csv (when data.on_bad=skip left files out)."""
+medtransfer made the split), folds.csv (with data.folds) and skipped.csv (when data.on_bad=skip left files out)."""
 
 from __future__ import annotations
 
@@ -21,4 +21,5 @@ class RunFiles(L.Callback):
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.output_dir / "data_summary.json", dm.summary())
         dm.write_splits_csv(self.output_dir / "splits.csv")
+        dm.write_folds_csv(self.output_dir / "folds.csv")
         dm.write_skipped_csv(self.output_dir / "skipped.csv")

@@ -398,6 +398,10 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
             writer.writerows(rows)
         return True
 
+    def write_folds_csv(self, path: str | Path) -> bool:
+        """Which image is in which cross-validation fold (sources with data.folds). Returns whether it wrote."""
+        return False
+
     def write_splits_csv(self, path: str | Path) -> bool:
         """Which file went to which split, when medtransfer made the split. Returns whether it wrote."""
         self.setup()

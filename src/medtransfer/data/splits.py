@@ -108,51 +108,35 @@ def grouped_split(
     class_ids, label_idx = np.unique(labels, return_inverse=True)
     counts = np.zeros((len(group_ids), len(class_ids)))
     np.add.at(counts, (inverse, label_idx), 1)
-    totals = counts.sum(0)
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
-    targets = np.outer(fractions, totals)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(group_ids))
-    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
-    placed = np.zeros_like(targets)
-    split_of_group = np.zeros(len(group_ids), dtype=int)
-    for g in order:
-        # the squared distance to the targets (each class weighted by 1/its count) grows least for the
-        # split whose relative deficit in this group's classes is largest
-        surplus = ((placed - targets) / totals) @ counts[g]
-        s = int(np.argmin(np.where(fractions > 0, surplus, np.inf)))
-        split_of_group[g] = s
-        placed[s] += counts[g]
-    _every_class_everywhere(counts, split_of_group, fractions, class_ids, val_fraction, test_fraction)
+    split_of_group = _greedy_groups(counts, fractions, seed)
+    _every_class_everywhere(
+        counts,
+        split_of_group,
+        fractions,
+        lambda c, n: _too_small(
+            class_ids[c], n, "patients (groups of images that stay together)", val_fraction, test_fraction
+        ),
+    )
     return np.array(SPLITS, dtype=object)[split_of_group[inverse]]
 
 
 def _every_class_everywhere(
-    counts: np.ndarray,
-    split_of_group: np.ndarray,
-    fractions: np.ndarray,
-    class_ids: np.ndarray,
-    val_fraction: float,
-    test_fraction: float,
+    counts: np.ndarray, split_of_group: np.ndarray, fractions: np.ndarray, too_small
 ) -> None:
-    """Move whole groups (in place in `split_of_group`) until every class is in every split with a
-    fraction above 0: for a split lacking a class, the smallest group holding the class is taken from a
-    split that keeps at least one group of every class it gives up. Raises DataError for a class in too
-    few groups."""
-    wanted = [s for s in range(len(SPLITS)) if fractions[s] > 0]
+    """Move whole groups (in place in `split_of_group`) until every class is in every split (or fold) with
+    a fraction above 0: for a split lacking a class, the smallest group holding the class is taken from a
+    split that keeps at least one group of every class it gives up. `too_small(class index, groups
+    holding it)` is the DataError raised for a class in too few groups."""
+    n_splits = len(fractions)
+    wanted = [s for s in range(n_splits) if fractions[s] > 0]
     for c in range(counts.shape[1]):
         holders = np.flatnonzero(counts[:, c] > 0)
         if len(holders) < len(wanted):
-            raise _too_small(
-                class_ids[c],
-                len(holders),
-                "patients (groups of images that stay together)",
-                val_fraction,
-                test_fraction,
-            )
+            raise too_small(c, len(holders))
     for s in wanted:
         for c in range(counts.shape[1]):
-            placed = np.array([counts[split_of_group == t].sum(0) for t in range(len(SPLITS))])
+            placed = np.array([counts[split_of_group == t].sum(0) for t in range(n_splits)])
             if placed[s, c] > 0:
                 continue
             candidates = [
@@ -162,15 +146,61 @@ def _every_class_everywhere(
                 and np.all((placed[split_of_group[g]] - counts[g])[counts[g] > 0] > 0)
             ]
             if not candidates:
-                raise _too_small(
-                    class_ids[c],
-                    int((counts[:, c] > 0).sum()),
-                    "patients (groups of images that stay together)",
-                    val_fraction,
-                    test_fraction,
-                )
+                raise too_small(c, int((counts[:, c] > 0).sum()))
             g = min(candidates, key=lambda g: counts[g].sum())
             split_of_group[g] = s
+
+
+def _greedy_groups(counts: np.ndarray, fractions: np.ndarray, seed: int) -> np.ndarray:
+    """A split (fold) index per group: groups (rows of `counts`, (G, C) items per class) placed largest
+    first, in seeded random order among equal sizes, each into the split whose relative deficit in the
+    group's classes is largest (targets: fraction × class count)."""
+    totals = counts.sum(0)
+    targets = np.outer(fractions, totals)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(counts))
+    order = order[np.argsort(-counts[order].sum(1), kind="stable")]
+    placed = np.zeros_like(targets)
+    split_of_group = np.zeros(len(counts), dtype=int)
+    for g in order:
+        # the squared distance to the targets (each class weighted by 1/its count) grows least for the
+        # split whose relative deficit in this group's classes is largest
+        surplus = ((placed - targets) / totals) @ counts[g]
+        s = int(np.argmin(np.where(fractions > 0, surplus, np.inf)))
+        split_of_group[g] = s
+        placed[s] += counts[g]
+    return split_of_group
+
+
+def _too_few_for_folds(label, count: int, folds: int) -> DataError:
+    label = label.item() if isinstance(label, np.generic) else label
+    return DataError(
+        f"Class {label!r} has {count} patient(s) (groups of images that stay together) outside the test "
+        f"split: too few to put one into each of data.folds={folds} folds; a validation fold without the "
+        f"class cannot measure it. Use data.folds={max(2, count)} or fewer, or add images of {label!r}."
+    )
+
+
+def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number (0 … folds-1) per item, (N,) int: every group (patient, copies of one image) in one
+    fold, each class divided as evenly over the folds as the groups allow, and every class in every fold.
+
+    Stratified group k-fold (as scikit-learn's StratifiedGroupKFold, with the greedy placement of
+    `grouped_split`): groups largest first, each into the fold lacking most of its classes. With one item
+    per group every class's count per fold is within one of count / folds. Seeded by `seed` only, so
+    every fold job of a cross-validation gets the same assignment. Raises DataError for a class held by
+    fewer groups than folds."""
+    labels = np.asarray(labels)
+    group_ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    class_ids, label_idx = np.unique(labels, return_inverse=True)
+    counts = np.zeros((len(group_ids), len(class_ids)))
+    np.add.at(counts, (inverse, label_idx), 1)
+    fractions = np.full(folds, 1.0 / folds)
+    fold_of_group = _greedy_groups(counts, fractions, seed)
+    _every_class_everywhere(
+        counts, fold_of_group, fractions, lambda c, n: _too_few_for_folds(class_ids[c], n, folds)
+    )
+    return fold_of_group[inverse]
 
 
 def iterative_grouped_split(
@@ -188,12 +218,28 @@ def iterative_grouped_split(
     the relative lack gives train, val and test one group each first, so a label held by three or more
     groups reaches every split. `iterative-stratification` (PyPI) does this
     for items only, not for groups of items, hence this version."""
+    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
+    split_of_group, inverse = _iterative_groups(targets, groups, fractions, seed)
+    return np.array(SPLITS, dtype=object)[split_of_group[inverse]]
+
+
+def iterative_grouped_folds(targets: np.ndarray, groups: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """A fold number (0 … folds-1) per item for multi-label targets (N, L) (1, 0, NaN unknown): every
+    group in one fold, each label's positives divided as evenly as the groups allow (the iterative
+    stratification of `iterative_grouped_split` with `folds` equal shares). (N,) int."""
+    fold_of_group, inverse = _iterative_groups(targets, groups, np.full(folds, 1.0 / folds), seed)
+    return fold_of_group[inverse]
+
+
+def _iterative_groups(
+    targets: np.ndarray, groups: np.ndarray, fractions: np.ndarray, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(split index per group, group index per item): see `iterative_grouped_split`."""
     positive = np.nan_to_num(np.asarray(targets, dtype=float), nan=0.0) > 0.5
     group_ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
     counts = np.zeros((len(group_ids), positive.shape[1]))
     np.add.at(counts, inverse, positive)
     sizes = np.bincount(inverse, minlength=len(group_ids)).astype(float)
-    fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
     usable = fractions > 0
     shares = np.outer(fractions, counts.sum(0))  # (3, L): each split's share of each label's positives
     wanted_labels = shares.copy()  # what each split still lacks
@@ -203,7 +249,7 @@ def iterative_grouped_split(
     split_of_group = np.full(len(group_ids), -1)
 
     def place(g: int, label: int | None) -> None:
-        noise = rng.random(3)
+        noise = rng.random(len(fractions))
         lack = None if label is None else wanted_labels[:, label] / np.maximum(shares[:, label], 1e-9)
         keys = [noise, wanted_items] if label is None else [noise, wanted_items, lack]
         ranked = np.lexsort([np.where(usable, k, -np.inf) for k in keys])  # last key first
@@ -223,4 +269,4 @@ def iterative_grouped_split(
     rest = order[split_of_group[order] < 0]
     for g in rest[np.argsort(-sizes[rest], kind="stable")]:
         place(int(g), None)
-    return np.array(SPLITS, dtype=object)[split_of_group[inverse]]
+    return split_of_group, inverse

@@ -128,6 +128,9 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
     def write_skipped_csv(self, path: str | Path) -> bool:
         return self.images.write_skipped_csv(path)
 
+    def write_folds_csv(self, path: str | Path) -> bool:
+        return self.images.write_folds_csv(path)
+
 
 def why_not_cached(model: Classifier, images: MedicalImageDataModule, world_size: int) -> str | None:
     """Why the head cannot train on cached features in this run (None: it can)."""

@@ -4,6 +4,7 @@ that no patient and no image is in two splits), and keep small data sets decoded
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from abc import abstractmethod
@@ -32,7 +33,15 @@ from medtransfer.data.files.validation import (
     single_class_problems,
 )
 from medtransfer.data.items import Item
-from medtransfer.data.splits import SPLITS, connected_groups, grouped_split, iterative_grouped_split
+from medtransfer.data.splits import (
+    SPLITS,
+    connected_groups,
+    grouped_folds,
+    grouped_split,
+    iterative_grouped_folds,
+    iterative_grouped_split,
+)
+from medtransfer.utils.atomic_write import atomic_open
 from medtransfer.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -78,7 +87,10 @@ class ImageFilesDataModule(MedicalImageDataModule):
     the decoded images take less than cache_limit_gb.
     cache_dir: where inspection results are kept between runs (None: not kept).
     window: [centre, width] in the files' units (e.g. Hounsfield units) for every grayscale image with more
-    than 8 bits (16-bit, signed, DICOM after rescale); None: see `decode`. dicom_window: its former name."""
+    than 8 bits (16-bit, signed, DICOM after rescale); None: see `decode`. dicom_window: its former name.
+    folds, fold: k-fold cross-validation (docs/cross_validation.md): every image outside the test split is
+    given one of `folds` folds (stratified, grouped by patient and by content, seeded by data.seed only);
+    fold `fold` is the val split, the others train (the test split is the one made without folds). None: no folds."""
 
     def __init__(
         self,
@@ -88,9 +100,13 @@ class ImageFilesDataModule(MedicalImageDataModule):
         cache_dir: str | None = None,
         window: Sequence[float] | None = None,
         dicom_window: Sequence[float] | None = None,
+        folds: int | None = None,
+        fold: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.folds, self.fold = check_folds(folds, fold)
+        self.fold_of: dict[str, int] = {}  # path -> fold, for folds.csv (test images are not in it)
         self.on_bad = check_on_bad(on_bad)
         if cache not in CACHE_MODES:
             raise ConfigError(f"data.cache={cache!r}: use one of {', '.join(CACHE_MODES)}.")
@@ -131,6 +147,8 @@ class ImageFilesDataModule(MedicalImageDataModule):
             items = _without(items, given)
         else:
             items = self.assign_splits(items, facts)
+        if self.folds:
+            items = self.assign_folds(items, facts)
         if multilabel:  # every label is an output, also one without positives (warned about in setup)
             present = [c for k, c in enumerate(listing.classes) if any(i.targets[k] == 1 for i in items)]
         else:
@@ -158,19 +176,63 @@ class ImageFilesDataModule(MedicalImageDataModule):
         """Stratified by class (multi-label: by the label vectors, iterative stratification); the images of
         one patient, and copies of one image, go to one split."""
         groups = connected_groups([i.patient for i in items], [facts[i.path].sha1 for i in items])
+        # with folds the val split made here joins train in the folds: the test split is the one a run without
+        # folds makes from the same seed, so a fold ensemble and a single split are tested on the same images
+        val_fraction = self.val_fraction
         if items and items[0].targets is not None:
             targets = np.array([i.targets for i in items], dtype=float)
             assignment = iterative_grouped_split(
                 np.where(targets < 0, np.nan, targets),
                 groups,
-                self.val_fraction,
+                val_fraction,
                 self.test_fraction,
                 self.seed,
             )
         else:
             labels = np.array([i.label for i in items])
-            assignment = grouped_split(labels, groups, self.val_fraction, self.test_fraction, self.seed)
+            assignment = grouped_split(labels, groups, val_fraction, self.test_fraction, self.seed)
         return [replace(i, split=s) for i, s in zip(items, assignment, strict=True)]
+
+    def assign_folds(self, items: list[Item], facts: dict[str, FileFacts]) -> list[Item]:
+        """Every image outside the test split gets a fold (stratified by class or label vector, every
+        patient and every copy of an image in one fold); fold data.fold becomes val, the others train.
+        The test split stays as it was made or given."""
+        pool = [i for i in items if i.split != "test"]
+        groups = connected_groups([i.patient for i in pool], [facts[i.path].sha1 for i in pool])
+        if pool and pool[0].targets is not None:
+            targets = np.array([i.targets for i in pool], dtype=float)
+            folds = iterative_grouped_folds(
+                np.where(targets < 0, np.nan, targets), groups, self.folds, self.seed
+            )
+        else:
+            folds = grouped_folds(np.array([i.label for i in pool]), groups, self.folds, self.seed)
+        self.fold_of = {i.path: int(f) for i, f in zip(pool, folds, strict=True)}
+        return [
+            i
+            if i.split == "test"
+            else replace(i, split="val" if self.fold_of[i.path] == self.fold else "train")
+            for i in items
+        ]
+
+    def write_folds_csv(self, path: str | Path) -> bool:
+        """folds.csv: path, label, fold (0 … folds-1, or test), patient when known; every image of the data
+        set, in a fixed order (by path). Returns whether it wrote (only with data.folds)."""
+        self.setup()
+        if not self.folds:
+            return False
+        rows = []
+        for split in SPLITS:
+            part = self.data.splits[split]
+            patients = part.patients or [None] * len(part)
+            for name, label, patient in zip(part.paths, part.labels, patients, strict=True):
+                fold = "test" if split == "test" else self.fold_of[name]
+                rows.append([name, self.label_text(label), fold, patient or ""])
+        with_patients = any(r[3] for r in rows)
+        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "fold", *(["patient"] if with_patients else [])])
+            writer.writerows(r if with_patients else r[:3] for r in sorted(rows))
+        return True
 
     def split_data(
         self,
@@ -237,3 +299,29 @@ class ImageFilesDataModule(MedicalImageDataModule):
         log.info(
             "Decoded %d images into RAM (%.0f MiB, data.cache=%s).", len(images), nbytes / 2**20, self.cache
         )
+
+
+def check_folds(folds, fold) -> tuple[int | None, int]:
+    """(folds, fold) as ints; ConfigError naming the value for a fold count below 2 or a fold outside
+    0 … folds-1."""
+    if folds in (None, 0, 1, "null"):
+        if folds in (0, 1):
+            raise ConfigError(
+                f"data.folds={folds}: cross-validation needs at least 2 folds; use data.folds=5 (or null for "
+                "one train/val/test split)."
+            )
+        return None, int(fold or 0)
+    try:
+        folds, fold = int(folds), int(fold)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"data.folds={folds!r} data.fold={fold!r}: both must be whole numbers, e.g. data.folds=5 data.fold=0."
+        ) from None
+    if folds < 2:
+        raise ConfigError(f"data.folds={folds}: cross-validation needs at least 2 folds; use data.folds=5.")
+    if not 0 <= fold < folds:
+        raise ConfigError(
+            f"data.fold={fold}: not a fold of data.folds={folds}; use 0 … {folds - 1} (hparams_search=kfold "
+            "runs them all)."
+        )
+    return folds, fold

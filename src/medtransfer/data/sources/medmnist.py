@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from medtransfer.data.datamodule import SPLITS, MedicalImageDataModule, Split, SplitData
-from medtransfer.utils.errors import DataError
+from medtransfer.utils.errors import ConfigError, DataError
 
 ZENODO = "https://zenodo.org/records/10519652/files"
 # name -> (class names, {size: md5}); files are {name}.npz at 28 px and {name}_{size}.npz otherwise.
@@ -89,9 +89,17 @@ class MedMNISTDataModule(MedicalImageDataModule):
         size: int = 28,
         download_dir: str = "data/medmnist",
         class_names: list[str] | None = None,
+        folds: int | None = None,
+        fold: int = 0,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if folds:
+            raise ConfigError(
+                f"data.folds={folds}: cross-validation folds are made for data=folder and data=csv only; "
+                "a MedMNIST .npz keeps its official train/val/test split. Drop data.folds (and "
+                "hparams_search=kfold), or export the images to a folder tree."
+            )
         self.path = Path(path).expanduser().resolve() if path else None
         self.name = name
         self.size = size
