@@ -184,10 +184,13 @@ def main() -> None:
 
 
 def scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of one TensorBoard scalar of a run (its tensorboard/ folder)."""
+    """(step, value) of one TensorBoard scalar of a run: the events in its tensorboard/ folder, or in the
+    one folder below it that a multirun job names by its overrides."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    folder = Path(run_dir) / "tensorboard"
+    events = sorted(folder.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[-1].parent if events else folder), size_guidance={"scalars": 0})
     acc.Reload()
     if tag not in acc.Tags()["scalars"]:
         return []

@@ -6,7 +6,6 @@ explanations, the test report) is its callbacks' work, listed in conf/callbacks/
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.features.datamodule import head_training_data
@@ -28,6 +27,7 @@ from medtransfer.utils.console import (
     print_data_summary,
     print_error,
     print_metrics,
+    print_warning,
     setup_logging,
 )
 from medtransfer.utils.distributed import (
@@ -38,6 +38,7 @@ from medtransfer.utils.distributed import (
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
 from medtransfer.utils.run_status import run_job
+from medtransfer.utils.train_length import epochs_for_min_steps, optimizer_steps_per_epoch
 
 
 def build_data(cfg: DictConfig) -> MedicalImageDataModule:
@@ -89,14 +90,75 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
-def hparams_for_tensorboard(cfg: DictConfig) -> dict:
-    keep = ("model", "data", "finetune", "optimizer", "scheduler", "seed")
-    container = OmegaConf.to_container(cfg, resolve=True)
-    hp = {k: container[k] for k in keep if k in container}
-    hp["trainer"] = {
-        k: container["trainer"].get(k) for k in ("max_epochs", "precision", "accumulate_grad_batches")
-    }
-    return hp
+# what defines a run, listed in HPARAMS after the swept keys: backbone, weights, freezing strategy, lr,
+# batch size, image size, epochs, seed (the full config is in the run dir's .hydra/config.yaml)
+RUN_KEYS = (
+    "model.backbone",
+    "model.weights",
+    "finetune",
+    "optimizer.lr",
+    "data.batch_size",
+    "data.image_size",
+    "trainer.max_epochs",
+    "seed",
+)
+
+
+def config_value(cfg: DictConfig, key: str):
+    """A key's value for HPARAMS: a config group's chosen option by name (`finetune` -> `full`), else the
+    resolved value (numbers stay numbers), else its text."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    if key in choices:
+        return choices[key]
+    value = OmegaConf.select(cfg, key, default=None)
+    if isinstance(value, DictConfig) and "_target_" in value:  # a group composed outside a Hydra run
+        name = str(value._target_).rsplit(".", 1)[-1]
+        return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+    if isinstance(value, DictConfig | ListConfig):
+        return str(OmegaConf.to_container(value, resolve=True))
+    return value
+
+
+def hparams_for_tensorboard(cfg: DictConfig, swept: list[str] = ()) -> dict:
+    """The swept keys first, then RUN_KEYS, in that order."""
+    return {key: config_value(cfg, key) for key in dict.fromkeys([*swept, *RUN_KEYS])}
+
+
+def hparams_metrics(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """The metric columns of HPARAMS, the same for every run of a sweep: the best validation value of the
+    optimized metric, then test AUROC and accuracy with their bootstrap 95% interval bounds."""
+    tags = [f"{cfg.optimized_metric}_best", f"test/{str(cfg.optimized_metric).split('/')[-1]}"]
+    tags += [f"test/{m}{b}" for m in ("auroc", "acc") for b in ("", "_ci_low", "_ci_high")]
+    return {tag: metrics.get(tag, float("nan")) for tag in dict.fromkeys(tags)}
+
+
+def plan_train_length(cfg: DictConfig, datamodule: MedicalImageDataModule) -> tuple[int, int]:
+    """(max_epochs, optimizer steps per epoch): trainer.max_epochs, raised by train_length.min_steps."""
+    steps = optimizer_steps_per_epoch(
+        sum(datamodule.class_counts("train")),
+        datamodule.batch_size,
+        cfg.trainer.get("accumulate_grad_batches") or 1,
+        cfg.trainer.get("limit_train_batches"),
+    )
+    min_steps = (cfg.get("train_length") or {}).get("min_steps")
+    return epochs_for_min_steps(cfg.trainer.max_epochs, steps, min_steps), steps
+
+
+def apply_train_length(cfg: DictConfig, datamodule: MedicalImageDataModule) -> None:
+    """Raises cfg.trainer.max_epochs for train_length.min_steps, and says so loudly."""
+    epochs, steps = plan_train_length(cfg, datamodule)
+    if epochs != cfg.trainer.max_epochs:
+        message = (
+            f"train_length.min_steps={cfg.train_length.min_steps}: {cfg.trainer.max_epochs} epochs of "
+            f"{steps} optimizer steps would be {cfg.trainer.max_epochs * steps} steps; training "
+            f"{epochs} epochs ({epochs * steps} steps) instead. Set train_length.min_steps=null to keep "
+            f"trainer.max_epochs."
+        )
+        print_warning(message)
+        with open_dict(cfg):
+            cfg.trainer.max_epochs = epochs
 
 
 def fitted_on_validation(model: Classifier) -> dict[str, float]:
@@ -118,6 +180,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_data(cfg)
     print_data_summary(datamodule.summary())
+    apply_train_length(cfg, datamodule)
     model = build_model(cfg, datamodule)
     trainer = build_trainer(cfg, model)
     datamodule.batch_size = per_process_batch_size(datamodule.batch_size, trainer.world_size)
@@ -138,8 +201,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         for logger in trainer.loggers:
             if isinstance(logger, HParamsTensorBoardLogger):
-                scalars = {k: v for k, v in metrics.items() if "/" in k and math.isfinite(v)}
-                logger.log_hparams_with_metrics(hparams_for_tensorboard(cfg), scalars)
+                params = hparams_for_tensorboard(cfg, logger.swept_keys)
+                logger.log_hparams_with_metrics(params, hparams_metrics(cfg, metrics), logger.swept_keys)
+                logger.close()
         print_metrics(metrics, title=f"metrics ({output_dir})")
     return metrics
 
