@@ -19,6 +19,7 @@ from lightning.pytorch.strategies import DDPStrategy
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from medtransfer.data.datamodule import MedicalImageDataModule
+from medtransfer.evaluation.published import comparison_rows
 from medtransfer.features.datamodule import head_training_data
 from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
@@ -27,6 +28,7 @@ from medtransfer.utils.console import (
     print_data_summary,
     print_error,
     print_metrics,
+    print_table,
     print_warning,
     setup_logging,
 )
@@ -205,7 +207,17 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 logger.log_hparams_with_metrics(params, hparams_metrics(cfg, metrics), logger.swept_keys)
                 logger.close()
         print_metrics(metrics, title=f"metrics ({output_dir})")
+        print_published_comparison(cfg, datamodule, metrics)
     return metrics
+
+
+def print_published_comparison(cfg: DictConfig, datamodule, metrics: dict[str, float]) -> None:
+    """For a MedMNIST set the paper reports on: this run's test AUROC and accuracy beside the paper's."""
+    dataset = datamodule.describe_source().get("name")
+    label = f"{cfg.model.backbone} ({datamodule.image_size}), {metrics['epochs']} epochs"
+    rows = comparison_rows(dataset, metrics, label)
+    if rows:
+        print_table(f"{dataset}: this run beside the published results (test split)", rows)
 
 
 def resume_arguments(run_dir: str | Path) -> list[str]:

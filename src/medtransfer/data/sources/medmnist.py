@@ -3,6 +3,7 @@ path, or downloaded from the official release with its MD5 checksum."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,12 @@ MEDMNIST = {
 
 def medmnist_filename(name: str, size: int) -> str:
     return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
+
+
+def name_from_filename(path: Path) -> str | None:
+    """The MedMNIST set a file's name gives (`pneumoniamnist.npz`, `pneumoniamnist_224.npz`), or None."""
+    match = re.fullmatch(r"([a-z0-9]+mnist)(?:_(\d+))?", path.stem.lower())
+    return match.group(1) if match else None
 
 
 def download_medmnist(name: str, size: int, root: Path) -> Path:
@@ -56,8 +63,10 @@ def download_medmnist(name: str, size: int, root: Path) -> Path:
 
 
 class MedMNISTDataModule(MedicalImageDataModule):
-    """path: a local .npz (used as it is, any checksum). Otherwise name + size: the official file in
-    `download_dir`, downloaded when missing. class_names: optional names for the integer labels."""
+    """path: a local .npz (used as it is, any checksum; the set's name from the file's name when `name`
+    is not given, its size from its images). Otherwise name + size: the official file in
+    `download_dir`, downloaded when missing. class_names: optional names for the integer labels.
+    image_size: null trains at the file's own image size."""
 
     def __init__(
         self,
@@ -66,11 +75,13 @@ class MedMNISTDataModule(MedicalImageDataModule):
         size: int = 28,
         download_dir: str = "data/medmnist",
         class_names: list[str] | None = None,
+        image_size: int | None = 224,
         **kwargs,
     ):
-        super().__init__(**kwargs)
+        self.native_image_size = image_size is None
+        super().__init__(image_size=size if image_size is None else image_size, **kwargs)
         self.path = Path(path).expanduser().resolve() if path else None
-        self.name = name
+        self.name = name or (name_from_filename(self.path) if self.path else None)
         self.size = size
         self.download_dir = Path(download_dir).expanduser().resolve()
         self.class_names = list(class_names) if class_names else None
@@ -128,6 +139,9 @@ class MedMNISTDataModule(MedicalImageDataModule):
         images = splits["train"].images
         channels = 1 if images.ndim == 3 or images.shape[-1] == 1 else images.shape[-1]
         h, w = images.shape[1:3]
+        self.size = int(h)
+        if self.native_image_size:
+            self.image_size = int(h)
         return SplitData(
             classes=list(classes), splits=splits, channels=channels, sizes={"height": [h, h], "width": [w, w]}
         )
