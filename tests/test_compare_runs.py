@@ -42,6 +42,7 @@ def test_min_steps_raises_epochs_and_rejects_nonsense():
     assert epochs_for_min_steps(100, 4, 1000) == 250  # 500 images: raised
     assert epochs_for_min_steps(100, 400, 1000) == 100  # 50,000 images: unchanged
     assert epochs_for_min_steps(3, 4, None) == 3
+    assert epochs_for_min_steps(-1, 4, 1000) == -1  # unlimited stays unlimited
     with pytest.raises(ConfigError, match=r"train_length\.min_steps=-5"):
         epochs_for_min_steps(3, 4, -5)
 

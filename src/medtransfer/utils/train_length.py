@@ -26,9 +26,10 @@ def optimizer_steps_per_epoch(
     return math.ceil(batches / max(1, accumulate_grad_batches))
 
 
-def epochs_for_min_steps(max_epochs: int, steps_per_epoch: int, min_steps: int | None) -> int:
-    """`max_epochs`, raised to the fewest epochs whose steps reach `min_steps` (None: unchanged)."""
-    if min_steps is None:
+def epochs_for_min_steps(max_epochs: int | None, steps_per_epoch: int, min_steps: int | None) -> int | None:
+    """`max_epochs`, raised to the fewest epochs whose steps reach `min_steps` (None: unchanged; so is an
+    unlimited max_epochs, None or -1)."""
+    if min_steps is None or max_epochs is None or max_epochs < 0:
         return max_epochs
     if not isinstance(min_steps, int) or isinstance(min_steps, bool) or min_steps < 1:
         raise ConfigError(
