@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_npz
+from medtransfer.evaluation.published import comparison_rows
 from medtransfer.report import seed_groups, summary_table
 from medtransfer.train import build_data, plan_train_length, train
 from medtransfer.utils.errors import ConfigError
@@ -79,6 +80,14 @@ def test_medmnist_preset_on_500_images_trains_its_minimum_steps(tmp_path, train_
     assert torch.load(last, weights_only=True)["global_step"] >= 10
     log = json.loads((Path(cfg.paths.output_dir) / "data_summary.json").read_text())
     assert log["source"]["name"] == "pneumoniamnist"  # from the file's name: the paper's numbers apply
+
+
+def test_published_results_beside_a_run():
+    rows = comparison_rows("pneumoniamnist", {"test/auroc": 0.95, "test/acc": 0.86}, "resnet18 (28)")
+    assert rows[0]["source"] == "this run" and rows[0]["test AUC"] == 0.95
+    assert (rows[1]["model"], rows[1]["test AUC"], rows[1]["test ACC"]) == ("ResNet-18 (28)", 0.944, 0.854)
+    assert [r["test AUC"] for r in rows[2:]] == [0.956, 0.948, 0.962]
+    assert comparison_rows(None, {}, "x") == [] and comparison_rows("mydata", {}, "x") == []
 
 
 def test_seed_groups_pool_sort_and_mark_the_best():

@@ -33,7 +33,9 @@ MEDMNIST_V2: dict[str, tuple[tuple[float, float], ...]] = {
 
 def published_rows(dataset: str | None) -> list[dict]:
     """The paper's rows for a MedMNIST set (by name, e.g. `pneumoniamnist`), [] when it has none."""
-    results = MEDMNIST_V2.get(str(dataset).lower(), ())
+    results = MEDMNIST_V2.get(str(dataset).lower())
+    if not results:
+        return []
     return [
         {"model": model, "test AUC": auc, "test ACC": acc, "source": PAPER}
         for model, (auc, acc) in zip(MODELS, results, strict=True)
