@@ -172,7 +172,10 @@ def report(
     print_table(summary_title(groups), table)
     paths = {"csv": out / "report.csv", "markdown": out / "report.md", "summary": out / "summary.csv"}
     write_csv(rows, paths["csv"])
-    write_csv(groups, paths["summary"]) if groups else paths.pop("summary")
+    if groups:
+        write_csv(groups, paths["summary"])
+    else:
+        del paths["summary"]
     paths["markdown"].write_text(
         f"## {summary_title(groups)}\n\n{table_markdown(table)}\n## Jobs\n\n{markdown(rows, keys)}"
     )
