@@ -11,7 +11,7 @@ regression: their ACC is not a plain argmax accuracy."""
 
 from __future__ import annotations
 
-PAPER = "MedMNIST v2 (Yang et al. 2023)"
+PAPER = "MedMNIST v2 paper"
 MODELS = ("ResNet-18 (28)", "ResNet-18 (224)", "ResNet-50 (28)", "ResNet-50 (224)")
 
 # set -> (AUC, ACC) of each of MODELS, in that order
