@@ -57,8 +57,44 @@ def test_grid_sweep_completes_and_reports(grid_sweep):
     assert all(float(r["test/auroc"]) >= 0 for r in rows)
     assert (sweep / "report.png").stat().st_size > 5000 and "| job |" in (sweep / "report.md").read_text()
     for job in sweep.iterdir():  # sibling TensorBoard runs under one logdir
-        if job.name.isdigit():
-            assert any((job / "tensorboard").glob("events.out.tfevents.*"))
+        if job.name.isdigit():  # (one folder deeper since runs are named by their overrides: rglob)
+            assert any((job / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+def test_sweep_runs_in_tensorboard_are_named_by_their_overrides(grid_sweep):
+    """`tensorboard --logdir <sweep dir>`: four runs named by what differs, one event file each, HPARAMS
+    with the swept keys first and the real best metric, per-step lr scalars of every layer group."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    names = {f"finetune={f},optimizer.lr={lr}" for f in ("full", "linear_probe") for lr in ("0.001", "0.01")}
+    multiplexer = EventMultiplexer(size_guidance={"scalars": 0})
+    multiplexer.AddRunsFromDirectory(str(grid_sweep))
+    multiplexer.Reload()
+    runs = multiplexer.Runs()
+    assert {run.split("/")[-1] for run in runs} == names and len(runs) == 4
+    for run in runs:
+        job = grid_sweep / run.split("/")[0]
+        assert len(list((grid_sweep / run).glob("events.out.tfevents.*"))) == 1  # one event file per run
+        assert json.loads((job / "run_name.json").read_text())["name"] == run.split("/")[-1]
+        acc = multiplexer.GetAccumulator(run)
+        plugin = acc.PluginTagToContent("hparams")
+        exp = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/experiment"]).experiment
+        hparams = [(h.name, h.differs) for h in exp.hparam_infos]
+        assert hparams[:2] == [("finetune", True), ("optimizer.lr", True)]
+        assert [h for h, _ in hparams[2:]] == [
+            "model.backbone", "model.weights", "data.batch_size", "data.image_size", "trainer.max_epochs", "seed"
+        ]  # fmt: skip
+        assert [m.name.tag for m in exp.metric_infos][:2] == ["val/auroc_best", "test/auroc"]
+        assert {"test/auroc_ci_low", "test/auroc_ci_high"} <= {m.name.tag for m in exp.metric_infos}
+        best = json.loads((job / "metrics.json").read_text())["val/auroc_best"]
+        assert acc.Scalars("val/auroc_best")[-1].value == pytest.approx(best)
+        scalars = set(acc.Tags()["scalars"])
+        groups = {"stem", "layer1", "layer2", "layer3", "layer4", "head"}
+        assert {f"lr/{g}" for g in groups} <= scalars and len(acc.Scalars("lr/head")) >= 6  # per step
+        assert len(acc.Scalars("train/loss_step")) >= 6 and len(acc.Scalars("val/auroc")) == 2
+    summary = (grid_sweep / "report.md").read_text()  # rows labelled by their overrides, the best marked
+    assert "finetune=full,optimizer.lr=" in summary and "★" in summary and "[" in summary
 
 
 def test_failing_job_does_not_stop_the_sweep(tmp_path, npz_file):

@@ -1,8 +1,9 @@
 """`medtransfer-report <multirun dir>`: one table of every job of a sweep (overrides, status, best val
-metric, test metrics, epochs, wall time) in the terminal, as CSV and Markdown, and a PNG of the
-optimized metric against the swept parameters. A cross-validation (jobs swept over data.fold) also gets
-cv_report.md/.csv (per fold, mean ± sd, the pooled out-of-fold AUROC with its bootstrap interval) and the
-out-of-fold predictions (docs/cross_validation.md)."""
+metric, test metrics, epochs, wall time) in the terminal, as CSV and Markdown; a table to paste into a
+paper (jobs differing only by seed pooled as mean ± sd, bootstrap intervals, sorted by the optimized
+metric, the best marked); and a PNG of the optimized metric against the swept parameters. A
+cross-validation (jobs swept over data.fold) also gets cv_report.md/.csv (per fold, mean ± sd, the pooled
+out-of-fold AUROC with its bootstrap interval) and the out-of-fold predictions (docs/cross_validation.md)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 import csv
 import json
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,7 @@ def collect(multirun_dir: str | Path) -> list[dict]:
             "overrides": " ".join(overrides),
             **dict(o.split("=", 1) for o in overrides if "=" in o),
             "status": status.get("status") or job_state(job) or ("completed" if metrics else "unknown"),
+            "optimized_metric": optimized,
             "val_best": metrics.get(f"{optimized}_best"),
             **{k: v for k, v in metrics.items() if k != f"{optimized}_best"},
             "wall_time_s": status.get("wall_time_s"),
@@ -127,9 +130,11 @@ def _short(value) -> str:
     return f"{parts[0]}/…/{parts[-1]}" if len(parts) > 2 else text
 
 
-def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best") -> Path | None:
+def plot(
+    rows: list[dict], keys: list[str], path: Path, metric: str = "val_best", title: str | None = None
+) -> Path | None:
     """The metric against the first numeric swept key (lr: log axis), one line per value of the others;
-    with no numeric key, a bar per job."""
+    with no numeric key, a bar per job. A row's `<metric>_sd` (seeds pooled) is drawn as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -153,24 +158,25 @@ def plot(rows: list[dict], keys: list[str], path: Path, metric: str = "val_best"
         lines: dict[str, list] = {}
         for r in done:
             lines.setdefault(" ".join(f"{k}={r.get(k)}" for k in others) or "all", []).append(
-                (float(r[x_key]), r[metric])
+                (float(r[x_key]), r[metric], r.get(f"{metric}_sd") or 0.0)
             )
         for label, points in sorted(lines.items()):
-            xs, ys = zip(*sorted(points), strict=True)
-            ax.plot(xs, ys, marker="o", label=label)
+            xs, ys, sds = zip(*sorted(points), strict=True)
+            ax.errorbar(xs, ys, yerr=sds if any(sds) else None, marker="o", capsize=3, label=label)
         if "lr" in x_key.split(".")[-1]:
             ax.set_xscale("log")
         ax.set_xlabel(x_key)
         ax.legend(fontsize=8)
     else:
         labels = [", ".join(f"{k.split('.')[-1]}={_short(r.get(k))}" for k in keys) or r["job"] for r in done]
-        ax.barh(range(len(done)), [r[metric] for r in done])
+        sds = [r.get(f"{metric}_sd") or 0.0 for r in done]
+        ax.barh(range(len(done)), [r[metric] for r in done], xerr=sds if any(sds) else None)
         ax.set_yticks(range(len(done)), labels, fontsize=8)
         lo = min(r[metric] for r in done)
         ax.set_xlim(max(0.0, lo - 0.05), 1.0)
         for i, r in enumerate(done):
             ax.text(r[metric], i, f" {r[metric]:.3f}", va="center", fontsize=8)
-    ax.set_title(f"{metric} per job")
+    ax.set_title(title or f"{metric} per job")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -190,11 +196,24 @@ def report(
     if not rows:
         raise SystemExit(f"{multirun_dir}: no jobs found (no */.hydra/overrides.yaml below it).")
     keys = swept_keys(rows)
+    for row in rows:
+        row.setdefault("run", run_label(row, keys))
     print_table(f"sweep {multirun_dir}", rows, columns=["job", *keys, "status", *COLUMNS])
-    paths = {"csv": out / "report.csv", "markdown": out / "report.md"}
+    groups = seed_groups(rows, keys)
+    table = summary_table(groups)
+    print_table(summary_title(groups), table)
+    paths = {"csv": out / "report.csv", "markdown": out / "report.md", "summary": out / "summary.csv"}
     write_csv(rows, paths["csv"])
-    atomic_write_text(paths["markdown"], markdown(rows, keys))
-    png = plot(rows, keys, out / "report.png")
+    if groups:
+        write_csv(groups, paths["summary"])
+    else:
+        del paths["summary"]
+    atomic_write_text(
+        paths["markdown"],
+        f"## {summary_title(groups)}\n\n{table_markdown(table)}\n## Jobs\n\n{markdown(rows, keys)}",
+    )
+    group_keys = [k for k in keys if k != "seed"]
+    png = plot(groups, group_keys, out / "report.png", title=summary_title(groups)) if groups else None
     if png:
         paths["png"] = png
     failed = [r["job"] for r in rows if r["status"] != "completed"]
@@ -367,6 +386,97 @@ def _cv_markdown(setting: str, table: list[dict], notes: list[str]) -> list[str]
     return lines
 
 
+# ---- the table for a paper: jobs that differ only by `seed` pooled (mean ± sd), bootstrap intervals,
+# sorted by the optimized metric, the best marked
+SUMMARY_METRICS = ("val_best", "test/auroc", "test/acc")
+INTERVALS = ("test/auroc", "test/acc")  # with <metric>_ci_low / _ci_high in metrics.json
+
+
+def run_label(row: dict, keys: list[str]) -> str:
+    """A job named by what differs: `finetune=full,optimizer.lr=0.001` (its TensorBoard run's name)."""
+    return ",".join(f"{k}={row.get(k)}" for k in keys) or str(row.get("job"))
+
+
+def _number(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def seed_groups(rows: list[dict], keys: list[str]) -> list[dict]:
+    """One row per configuration (completed jobs with equal swept values apart from `seed`): `run`, `n`,
+    the mean and standard deviation (n > 1) of each metric, the mean interval bounds, sorted best first
+    by the optimized metric (ascending when it is a loss), the first marked `best`."""
+    group_keys = [k for k in keys if k != "seed"]
+    grouped: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("status") == "completed" and _number(row.get("val_best")) is not None:
+            grouped.setdefault(run_label(row, group_keys) if group_keys else "all", []).append(row)
+    groups = []
+    for label, members in grouped.items():
+        group = {"run": label, **{k: members[0].get(k) for k in group_keys}, "n": len(members)}
+        group["seeds"] = " ".join(str(m.get("seed", "")) for m in members) if "seed" in keys else ""
+        for metric in SUMMARY_METRICS:
+            values = [v for m in members if (v := _number(m.get(metric))) is not None]
+            group[metric] = sum(values) / len(values) if values else None
+            group[f"{metric}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+        for metric in INTERVALS:
+            for bound in ("ci_low", "ci_high"):
+                values = [v for m in members if (v := _number(m.get(f"{metric}_{bound}"))) is not None]
+                group[f"{metric}_{bound}"] = sum(values) / len(values) if values else None
+        group["jobs"] = " ".join(str(m["job"]) for m in members)
+        group["optimized_metric"] = members[0].get("optimized_metric", "val/auroc")
+        groups.append(group)
+    lower_is_better = bool(groups) and "loss" in str(groups[0]["optimized_metric"])
+    groups.sort(key=lambda g: g["val_best"] if lower_is_better else -g["val_best"])
+    for i, group in enumerate(groups):
+        group["best"] = "★" if i == 0 else ""
+    return groups
+
+
+def summary_title(groups: list[dict]) -> str:
+    metric = groups[0]["optimized_metric"] if groups else "val/auroc"
+    pooled = any(g["n"] > 1 for g in groups)
+    return (
+        f"Sorted by {metric}_best, ★ best"
+        + ("; jobs differing only by seed pooled: mean ± sd (n)" if pooled else "")
+        + "; test: 95% bootstrap interval"
+        + (" (mean bounds over seeds)" if pooled else "")
+    )
+
+
+def _mean_sd(group: dict, metric: str) -> str:
+    mean, sd = group.get(metric), group.get(f"{metric}_sd")
+    if mean is None:
+        return ""
+    return f"{mean:.3f} ± {sd:.3f}" if sd is not None else f"{mean:.3f}"
+
+
+def summary_table(groups: list[dict]) -> list[dict]:
+    """The groups as text cells: run, n, best, val_best, and each test metric with its interval."""
+    table = []
+    for group in groups:
+        row = {"run": group["run"], "n": group["n"], "best": group["best"]}
+        row[f"{group['optimized_metric']}_best"] = _mean_sd(group, "val_best")
+        for metric in SUMMARY_METRICS[1:]:
+            low, high = group.get(f"{metric}_ci_low"), group.get(f"{metric}_ci_high")
+            interval = f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+            row[metric] = _mean_sd(group, metric) + interval
+        table.append(row)
+    return table
+
+
+def table_markdown(table: list[dict]) -> str:
+    if not table:
+        return "(no completed job)\n"
+    columns = list(table[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in table]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="medtransfer-report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir")
@@ -381,10 +491,13 @@ def main() -> None:
 
 
 def scalars(run_dir: str | Path, tag: str) -> list[tuple[int, float]]:
-    """(step, value) of one TensorBoard scalar of a run (its tensorboard/ folder)."""
+    """(step, value) of one TensorBoard scalar of a run: the events in its tensorboard/ folder, or in the
+    one folder below it that a multirun job names by its overrides."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(Path(run_dir) / "tensorboard"), size_guidance={"scalars": 0})
+    folder = Path(run_dir) / "tensorboard"
+    events = sorted(folder.rglob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events[-1].parent if events else folder), size_guidance={"scalars": 0})
     acc.Reload()
     if tag not in acc.Tags()["scalars"]:
         return []

@@ -5,7 +5,6 @@ explanations, the test report) is its callbacks' work, listed in conf/callbacks/
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -16,10 +15,11 @@ import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from medtransfer.callbacks.fit_on_validation import fitted_metrics
 from medtransfer.data.datamodule import MedicalImageDataModule
+from medtransfer.evaluation.published import comparison_rows
 from medtransfer.features.datamodule import head_training_data
 from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
@@ -31,6 +31,8 @@ from medtransfer.utils.console import (
     print_data_summary,
     print_error,
     print_metrics,
+    print_table,
+    print_warning,
     setup_logging,
 )
 from medtransfer.utils.distributed import (
@@ -44,6 +46,7 @@ from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
 from medtransfer.utils.run_lock import command_line_lock
 from medtransfer.utils.run_status import run_job, sweep_objective
 from medtransfer.utils.sweep_jobs import job_in_run_dir
+from medtransfer.utils.train_length import epochs_for_min_steps, optimizer_steps_per_epoch
 
 
 def build_data(cfg: DictConfig) -> MedicalImageDataModule:
@@ -101,14 +104,75 @@ def checkpoint_to_resume(cfg: DictConfig, output_dir: Path) -> str | None:
     return None
 
 
-def hparams_for_tensorboard(cfg: DictConfig) -> dict:
-    keep = ("model", "data", "finetune", "optimizer", "scheduler", "seed")
-    container = OmegaConf.to_container(cfg, resolve=True)
-    hp = {k: container[k] for k in keep if k in container}
-    hp["trainer"] = {
-        k: container["trainer"].get(k) for k in ("max_epochs", "precision", "accumulate_grad_batches")
-    }
-    return hp
+# what defines a run, listed in HPARAMS after the swept keys: backbone, weights, freezing strategy, lr,
+# batch size, image size, epochs, seed (the full config is in the run dir's .hydra/config.yaml)
+RUN_KEYS = (
+    "model.backbone",
+    "model.weights",
+    "finetune",
+    "optimizer.lr",
+    "data.batch_size",
+    "data.image_size",
+    "trainer.max_epochs",
+    "seed",
+)
+
+
+def config_value(cfg: DictConfig, key: str):
+    """A key's value for HPARAMS: a config group's chosen option by name (`finetune` -> `full`), else the
+    resolved value (numbers stay numbers), else its text."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    if key in choices:
+        return choices[key]
+    value = OmegaConf.select(cfg, key, default=None)
+    if isinstance(value, DictConfig) and "_target_" in value:  # a group composed outside a Hydra run
+        name = str(value._target_).rsplit(".", 1)[-1]
+        return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+    if isinstance(value, DictConfig | ListConfig):
+        return str(OmegaConf.to_container(value, resolve=True))
+    return value
+
+
+def hparams_for_tensorboard(cfg: DictConfig, swept: list[str] = ()) -> dict:
+    """The swept keys first, then RUN_KEYS, in that order."""
+    return {key: config_value(cfg, key) for key in dict.fromkeys([*swept, *RUN_KEYS])}
+
+
+def hparams_metrics(cfg: DictConfig, metrics: dict[str, float]) -> dict[str, float]:
+    """The metric columns of HPARAMS, the same for every run of a sweep: the best validation value of the
+    optimized metric, then test AUROC and accuracy with their bootstrap 95% interval bounds."""
+    tags = [f"{cfg.optimized_metric}_best", f"test/{str(cfg.optimized_metric).split('/')[-1]}"]
+    tags += [f"test/{m}{b}" for m in ("auroc", "acc") for b in ("", "_ci_low", "_ci_high")]
+    return {tag: metrics.get(tag, float("nan")) for tag in dict.fromkeys(tags)}
+
+
+def plan_train_length(cfg: DictConfig, datamodule: MedicalImageDataModule) -> tuple[int, int]:
+    """(max_epochs, optimizer steps per epoch): trainer.max_epochs, raised by train_length.min_steps."""
+    steps = optimizer_steps_per_epoch(
+        sum(datamodule.class_counts("train")),
+        datamodule.batch_size,
+        cfg.trainer.get("accumulate_grad_batches") or 1,
+        cfg.trainer.get("limit_train_batches"),
+    )
+    min_steps = (cfg.get("train_length") or {}).get("min_steps")
+    return epochs_for_min_steps(cfg.trainer.max_epochs, steps, min_steps), steps
+
+
+def apply_train_length(cfg: DictConfig, datamodule: MedicalImageDataModule) -> None:
+    """Raises cfg.trainer.max_epochs for train_length.min_steps, and says so loudly."""
+    epochs, steps = plan_train_length(cfg, datamodule)
+    if epochs != cfg.trainer.max_epochs:
+        message = (
+            f"train_length.min_steps={cfg.train_length.min_steps}: {cfg.trainer.max_epochs} epochs of "
+            f"{steps} optimizer steps would be {cfg.trainer.max_epochs * steps} steps; training "
+            f"{epochs} epochs ({epochs * steps} steps) instead. Set train_length.min_steps=null to keep "
+            f"trainer.max_epochs."
+        )
+        print_warning(message)
+        with open_dict(cfg):
+            cfg.trainer.max_epochs = epochs
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -117,6 +181,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build_data(cfg)
     print_data_summary(datamodule.summary())
+    apply_train_length(cfg, datamodule)
     model = build_model(cfg, datamodule)
     trainer = build_trainer(cfg, model)
     datamodule.batch_size = per_process_batch_size(datamodule.batch_size, trainer.world_size)
@@ -140,11 +205,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
         atomic_write_json(output_dir / "metrics.json", metrics)
         for logger in trainer.loggers:
             if isinstance(logger, HParamsTensorBoardLogger):
-                # split/metric keys (per-label keys such as test/auroc/Effusion stay out of the table)
-                scalars = {k: v for k, v in metrics.items() if k.count("/") == 1 and math.isfinite(v)}
-                logger.log_hparams_with_metrics(hparams_for_tensorboard(cfg), scalars)
+                params = hparams_for_tensorboard(cfg, logger.swept_keys)
+                logger.log_hparams_with_metrics(params, hparams_metrics(cfg, metrics), logger.swept_keys)
+                logger.close()
         print_metrics(metrics, title=f"metrics ({output_dir})")
+        print_published_comparison(cfg, datamodule, metrics)
     return metrics
+
+
+def print_published_comparison(cfg: DictConfig, datamodule, metrics: dict[str, float]) -> None:
+    """For a MedMNIST set the paper reports on: this run's test AUROC and accuracy beside the paper's."""
+    dataset = datamodule.describe_source().get("name")
+    label = f"{cfg.model.backbone} ({datamodule.image_size}), {metrics['epochs']} epochs"
+    rows = comparison_rows(dataset, metrics, label)
+    if rows:
+        print_table(f"{dataset}: this run beside the published results (test split)", rows)
 
 
 def resume_arguments(run_dir: str | Path) -> list[str]:

@@ -61,6 +61,12 @@ def print_table(title: str, rows: list[Mapping], columns: list[str] | None = Non
 
 
 @rank_zero_only
+def print_warning(message: str, title: str = "medtransfer: changed") -> None:
+    """Something the run did differently from what the config says, in a yellow panel (and the log file)."""
+    show(Panel(message, title=title, border_style="yellow", title_align="left"))
+
+
+@rank_zero_only
 def print_metrics(metrics: Mapping[str, float], title: str = "metrics") -> None:
     print_table(title, [{"metric": k, "value": v} for k, v in sorted(metrics.items())])
 

@@ -4,6 +4,7 @@ labels (N, L) with L > 1 are multi-label (ChestMNIST: 14 findings, 0/1; -1 is re
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,12 @@ def medmnist_filename(name: str, size: int) -> str:
     return f"{name}.npz" if size == 28 else f"{name}_{size}.npz"
 
 
+def name_from_filename(path: Path) -> str | None:
+    """The MedMNIST set a file's name gives (`pneumoniamnist.npz`, `pneumoniamnist_224.npz`), or None."""
+    match = re.fullmatch(r"([a-z0-9]+mnist)(?:_(\d+))?", path.stem.lower())
+    return match.group(1) if match else None
+
+
 def download_medmnist(name: str, size: int, root: Path) -> Path:
     """Download the official file into `root` (checked against its MD5), unless it is already there."""
     from torchvision.datasets.utils import check_integrity, download_url
@@ -78,9 +85,11 @@ def download_medmnist(name: str, size: int, root: Path) -> Path:
 
 
 class MedMNISTDataModule(MedicalImageDataModule):
-    """path: a local .npz (used as it is, any checksum). Otherwise name + size: the official file in
+    """path: a local .npz (used as it is, any checksum; the set's name from the file's name when `name`
+    is not given, its size from its images). Otherwise name + size: the official file in
     `download_dir`, downloaded when missing. class_names: optional names for the integer labels (for
-    multi-label files: of the label columns; data.name=chestmnist names them too)."""
+    multi-label files: of the label columns; data.name=chestmnist names them too). image_size: null
+    trains at the file's own image size."""
 
     def __init__(
         self,
@@ -91,17 +100,19 @@ class MedMNISTDataModule(MedicalImageDataModule):
         class_names: list[str] | None = None,
         folds: int | None = None,
         fold: int = 0,
+        image_size: int | None = 224,
         **kwargs,
     ):
-        super().__init__(**kwargs)
         if folds:
             raise ConfigError(
                 f"data.folds={folds}: cross-validation folds are made for data=folder and data=csv only; "
                 "a MedMNIST .npz keeps its official train/val/test split. Drop data.folds (and "
                 "hparams_search=kfold), or export the images to a folder tree."
             )
+        self.native_image_size = image_size is None
+        super().__init__(image_size=size if image_size is None else image_size, **kwargs)
         self.path = Path(path).expanduser().resolve() if path else None
-        self.name = name
+        self.name = name or (name_from_filename(self.path) if self.path else None)
         self.size = size
         self.download_dir = Path(download_dir).expanduser().resolve()
         self.class_names = list(class_names) if class_names else None
@@ -178,6 +189,9 @@ class MedMNISTDataModule(MedicalImageDataModule):
         images = splits["train"].images
         channels = 1 if images.ndim == 3 or images.shape[-1] == 1 else images.shape[-1]
         h, w = images.shape[1:3]
+        self.size = int(h)
+        if self.native_image_size:
+            self.image_size = int(h)
         return SplitData(
             classes=list(classes),
             splits=splits,
