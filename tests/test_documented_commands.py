@@ -28,7 +28,7 @@ import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from conftest import make_folder_tree, make_npz
-from medtransfer.evaluate import evaluate
+from medtransfer.evaluate import evaluate, partial_data_overrides
 from medtransfer.predict import predict
 from medtransfer.report import report
 from medtransfer.train import resume_arguments, train
@@ -242,7 +242,7 @@ def run_in_process(command: Command, fx: Fixtures, ran: set) -> bool:
         ran.add(tuple(sorted(all_jobs[0])))
         train(compose_config("train", out, all_jobs[0]))
     elif command.program == "eval":
-        evaluate(compose_config("eval", out, with_tiny(args, EVAL_TINY)))
+        evaluate(compose_config("eval", out, partial_data_overrides(with_tiny(args, EVAL_TINY))))
     elif command.program == "predict":
         cfg = compose_config("predict", out, with_tiny(args, PREDICT_TINY))
         predict(

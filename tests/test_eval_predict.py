@@ -186,3 +186,22 @@ def test_predict_ensemble_with_tta_has_an_uncertainty_column(trained_folder_run,
         assert float(b["uncertainty"]) == pytest.approx(0.0, abs=1e-6)
     tta = predict(best, folder_tree / "malignant", tmp_path / "tta.csv", tta=["hflip", "rot90"])
     assert all(float(r["uncertainty"]) >= 0 for r in csv.DictReader(tta.open()))
+
+
+def test_eval_with_a_moved_copy_of_the_training_data(trained_folder_run, folder_tree, tmp_path):
+    """`data.root=/moved/copy` changes only the root of the checkpoint's data config; the eval says how
+    many images it scored."""
+    import shutil
+
+    from medtransfer.evaluate import partial_data_overrides
+
+    run, metrics = trained_folder_run
+    moved = shutil.copytree(folder_tree, tmp_path / "moved copy")
+    args = partial_data_overrides([f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", f"data.root={moved}"])
+    assert args[1] == f"+data.root={moved}"
+    assert partial_data_overrides(["data=folder", "data.root=x"]) == ["data=folder", "data.root=x"]
+    cfg = compose_config("eval", tmp_path / "eval", [*args, "trainer.accelerator=cpu"])
+    results = evaluate(cfg)
+    assert results["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)  # the same split
+    written = json.loads((run / "data_summary.json").read_text())
+    assert results["test/images"] == written["totals"]["test"]

@@ -11,6 +11,7 @@ member's metrics and the mean uncertainty (spread over members × views)."""
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -43,10 +44,13 @@ log = logging.getLogger(__name__)
 
 
 def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalImageDataModule:
-    """The data given on the command line, else the data the checkpoint was trained on (a data source of
-    the project's, named in DATA_SOURCES); preprocessed as the checkpoint's model expects."""
-    config = OmegaConf.create(model.hparams.data_config) if data_cfg is None else data_cfg
-    if config is None:
+    """The data given on the command line (`data=<source> data.*=…`), else the data the checkpoint was
+    trained on (a data source of the project's, named in DATA_SOURCES), with the `data.*` values given
+    without a source put over it (data.root=/moved/copy); preprocessed as the checkpoint's model expects."""
+    config = data_cfg
+    if data_cfg is None or "_target_" not in data_cfg:
+        config = OmegaConf.merge(OmegaConf.create(model.hparams.data_config or {}), data_cfg or {})
+    if not config:
         raise ConfigError("The checkpoint carries no data config: give one, e.g. data=folder data.root=DIR.")
     if config.get("_target_") not in DATA_SOURCES:
         raise ConfigError(
@@ -129,6 +133,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             )
             member_metrics.append({"ckpt_path": str(path), **values})
     metrics = split_metrics(model, logits, targets, cfg.split, loader.batch_size)
+    metrics[f"{cfg.split}/images"] = len(targets)  # every eval says how many images it scored
+    log.info("%s: %d images of the %s split scored.", cfg.split, len(targets), cfg.split)
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     bootstrap = cfg.get("bootstrap") or {}
     samples, seed = int(bootstrap.get("samples", 0)), int(bootstrap.get("seed", 0))
@@ -165,9 +171,18 @@ def check_no_leak(members: list[Classifier], paths: list[Path], split: str, data
         )
 
 
+def partial_data_overrides(args: list[str]) -> list[str]:
+    """`data.KEY=VALUE` without `data=<source>` changes the checkpoint's own data config (e.g.
+    data.root=/moved/copy): such keys are added (`+data.KEY`), since eval.yaml selects no data source."""
+    if any(a.startswith("data=") for a in args):
+        return args
+    return [f"+{a}" if a.startswith("data.") else a for a in args]
+
+
 def main() -> None:
     """Console entry point: overrides Hydra cannot parse get medtransfer's message first."""
     check_command_line()
+    sys.argv = [sys.argv[0], *partial_data_overrides(sys.argv[1:])]
     hydra_main()
 
 
