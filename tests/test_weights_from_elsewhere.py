@@ -115,5 +115,5 @@ def test_a_foreign_checkpoint_gets_one_sentence(content, expected, source, tmp_p
 
 def test_a_file_that_is_not_torch_at_all(tmp_path):
     (tmp_path / "best.ckpt").write_bytes(b"\x89PNG\r\n not a checkpoint")
-    with pytest.raises(ConfigError, match="not a medtransfer checkpoint"):
+    with pytest.raises(ConfigError, match="not a torch checkpoint"):
         load_classifier(tmp_path / "best.ckpt")

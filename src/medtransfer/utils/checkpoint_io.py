@@ -18,6 +18,7 @@ import contextlib
 import io
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,13 +115,14 @@ def safe_checkpoint_loading(path: str | Path, key: str = "ckpt_path") -> Iterato
         with weights_only_loading():
             yield path
     except pickle.UnpicklingError as err:
-        text = str(err).strip()
-        first_line = text.splitlines()[0] if text else err.__class__.__name__
+        lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(err).splitlines()]
+        # the line that names what was refused (torch's first lines are advice on unsafe loading)
+        first_line = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
         raise ConfigError(
             f"{key}={path} holds Python objects, not only weights and plain data, and was refused "
             f"(checkpoints are loaded with weights_only=True; nothing in it was run). torch says: "
             f"{first_line[:300]}. Use a checkpoint written by medtransfer, or a plain state dict "
-            f"(torch.save(model.state_dict(), path))."
+            f"(torch.save(model.state_dict(), PATH))."
         ) from None
     except (RuntimeError, EOFError) as err:
         if isinstance(err, RuntimeError) and "PytorchStreamReader" not in str(err):
