@@ -95,10 +95,10 @@ def test_target_sensitivity_threshold_is_the_highest_that_reaches_it():
 @pytest.mark.parametrize(
     ("rule", "target", "message"),
     [
-        ("sensitivity", 1.5, r"threshold.target_sensitivity=1.5: give a fraction between 0 and 1"),
-        ("sensitivity", 0.0, r"threshold.target_sensitivity=0.0"),
-        ("sensitivity", None, r"threshold.target_sensitivity=None"),
-        ("f1", 0.9, r"threshold.rule='f1': use youden, sensitivity"),
+        ("sensitivity", 1.5, r"target_sensitivity=1.5: give a fraction between 0 and 1"),
+        ("sensitivity", 0.0, r"target_sensitivity=0.0"),
+        ("sensitivity", None, r"target_sensitivity=None"),
+        ("f1", 0.9, r"threshold_rule='f1': use youden, sensitivity"),
     ],
 )
 def test_bad_threshold_config_is_a_config_error_before_training(rule, target, message):

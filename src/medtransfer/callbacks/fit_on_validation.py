@@ -1,5 +1,5 @@
 """After training: the best checkpoint's predictions on the validation split fit the temperature
-(calibrate=true) and, for binary tasks, the decision threshold (threshold.rule); for multi-label tasks one
+(calibrate=true) and, for binary tasks, the decision threshold (threshold_rule); for multi-label tasks one
 temperature and one threshold per label (evaluation/multilabel.py). Both are set on the model
 and stored in best.ckpt before it is tested, so the test metrics, medtransfer-eval and medtransfer-predict
 all use them.

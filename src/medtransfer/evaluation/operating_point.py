@@ -22,12 +22,12 @@ def check_threshold_rule(rule: str | None, target_sensitivity: float | None) -> 
         return
     if rule not in THRESHOLD_RULES:
         raise ConfigError(
-            f"threshold.rule={rule!r}: use youden, sensitivity (with threshold.target_sensitivity) "
+            f"threshold_rule={rule!r}: use youden, sensitivity (with target_sensitivity) "
             "or null (the class with the highest probability)."
         )
     if rule == "sensitivity" and (target_sensitivity is None or not 0 < float(target_sensitivity) < 1):
         raise ConfigError(
-            f"threshold.target_sensitivity={target_sensitivity!r}: give a fraction between 0 and 1 "
+            f"target_sensitivity={target_sensitivity!r}: give a fraction between 0 and 1 "
             "(exclusive), e.g. 0.95."
         )
 
