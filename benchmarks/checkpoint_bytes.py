@@ -54,16 +54,13 @@ def measure(backbone: str, epochs: int, lean_best: bool, workdir: Path) -> dict:
             f"trainer.max_epochs={epochs}",
             "trainer.num_sanity_val_steps=0",
             "trainer.enable_progress_bar=false",
-            "callbacks=none",
+            "callbacks=minimal",
             "logger=csv",
-            "explain.images=0",
-            "calibrate=false",
-            "threshold.rule=null",
         ],
     )
     datamodule = build_data(cfg)
     model = build_model(cfg, datamodule)
-    trainer = build_trainer(cfg, model, out)
+    trainer = build_trainer(cfg, model)
     trainer.checkpoint_callback.save_weights_only = lean_best  # the best.ckpt callback (the first one)
     [plugin] = [trainer.strategy.checkpoint_io]
     assert isinstance(plugin, AtomicCheckpointIO)

@@ -99,7 +99,7 @@ CV_TINY = [
     "data.batch_size=8",
     "data.num_workers=0",
     "print_config=false",
-    "bootstrap.samples=0",
+    "callbacks.test_report.bootstrap_samples=0",
 ]
 
 

@@ -22,10 +22,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
 from medtransfer.evaluation.plots import overlay_grid_figure
-from medtransfer.models.checkpoint import best_model
+from medtransfer.models.checkpoint import best_model, best_validation_outputs
 from medtransfer.utils.errors import ConfigError
-
-SCAN_LIMIT = 512  # validation images looked at to find mistakes (the set stays cheap on large splits)
 
 
 class ExplanationGrid(L.Callback):
@@ -48,8 +46,9 @@ class ExplanationGrid(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.images <= 0 or trainer.datamodule is None or trainer.fast_dev_run:
             return
+        logits, _ = best_validation_outputs(trainer, pl_module)
         with best_model(trainer, pl_module) as model:
-            fig = self.figure(model, trainer.datamodule, model.device)
+            fig = self.figure(model, trainer.datamodule, model.device, logits)
         if fig is None:
             return
         if self.output_dir is not None:
@@ -62,20 +61,13 @@ class ExplanationGrid(L.Callback):
                 )
         plt.close(fig)
 
-    def scan(self, model, datamodule, device) -> tuple[list[int], torch.Tensor]:
-        """Validation indices in the seeded order (up to SCAN_LIMIT) and the deployed model's probabilities
-        of them, computed on the data module's model inputs (cached features, when it trains on them)."""
-        labels = datamodule.dataset("val").labels
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        order = order[:SCAN_LIMIT].tolist()
-        probs = []
-        for start in range(0, len(order), 64):
-            x = datamodule.inputs("val", order[start : start + 64]).to(device)
-            with torch.inference_mode():
-                probs.append(model.probabilities(x).cpu())
-        return order, torch.cat(probs)
+    def scan(self, model, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
+        """Validation indices in the seeded order and the deployed model's probabilities of them, from the
+        best checkpoint's validation logits (N, classes) in loader order."""
+        order = torch.randperm(len(logits), generator=torch.Generator().manual_seed(self.seed)).tolist()
+        return order, model.probabilities_of(logits[order])
 
-    def select_multilabel(self, model, datamodule, device) -> tuple[list[tuple[int, int, float]], list]:
+    def select_multilabel(self, model, datamodule, logits) -> tuple[list[tuple[int, int, float]], list]:
         """(index, explained label, its probability) of the chosen images, and their row keys."""
         names = model.class_names
         if self.label is not None and self.label not in names:
@@ -83,7 +75,7 @@ class ExplanationGrid(L.Callback):
                 f"callbacks.explanations.label={self.label!r}: not one of the labels ({', '.join(names)})."
             )
         labels = datamodule.dataset("val").labels
-        order, probs = self.scan(model, datamodule, device)
+        order, probs = self.scan(model, logits)
         decided = model.decide(probs)
         if self.label is None:  # images with findings first, each explained for its top-scoring label
             ranked = sorted(range(len(order)), key=lambda j: not bool((labels[order[j]] == 1).any()))
@@ -107,8 +99,8 @@ class ExplanationGrid(L.Callback):
             keys += [truth] * len(right + wrong)
         return chosen, keys
 
-    def multilabel_figure(self, model, datamodule, device):
-        chosen, keys = self.select_multilabel(model, datamodule, device)
+    def multilabel_figure(self, model, datamodule, device, logits):
+        chosen, keys = self.select_multilabel(model, datamodule, logits)
         if not chosen:
             return None
         names = model.class_names
@@ -149,25 +141,17 @@ class ExplanationGrid(L.Callback):
         std = torch.tensor(model.preprocessing["std"]).view(-1, 1, 1)
         return ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
 
-    def select(self, model, datamodule, device) -> list[tuple[int, int, float]]:
-        """(index, predicted class, its probability) of the chosen images, in class order. The scan runs
-        on the data module's model inputs (cached features, when it trains on them)."""
+    def select(self, model, datamodule, logits) -> list[tuple[int, int, float]]:
+        """(index, predicted class, its probability) of the chosen images, in class order."""
         num_classes = model.hparams.num_classes
         per_class = math.ceil(self.images / num_classes)
         wanted_wrong = per_class // 2
         labels = datamodule.dataset("val").labels
-        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.seed))
-        order = order[:SCAN_LIMIT].tolist()
+        order, probs = self.scan(model, logits)
         found: dict[tuple[int, bool], list[tuple[int, int, float]]] = {}
-        for start in range(0, len(order), 64):
-            batch = order[start : start + 64]
-            x = datamodule.inputs("val", batch).to(device)
-            with torch.inference_mode():
-                probs = model.probabilities(x).cpu()
-            predicted = model.decide(probs)
-            for i, y, p, pred in zip(batch, labels[batch], probs, predicted, strict=True):
-                key = (int(y), int(pred) == int(y))
-                found.setdefault(key, []).append((i, int(pred), float(p[pred])))
+        for i, y, p, pred in zip(order, labels[order], probs, model.decide(probs), strict=True):
+            key = (int(y), int(pred) == int(y))
+            found.setdefault(key, []).append((i, int(pred), float(p[pred])))
         chosen = []
         for c in range(num_classes):
             wrong = found.get((c, False), [])[:wanted_wrong]
@@ -176,11 +160,12 @@ class ExplanationGrid(L.Callback):
             chosen += right + wrong
         return chosen
 
-    def figure(self, model, datamodule, device):
-        """The grid figure, or None when the split gave no image."""
+    def figure(self, model, datamodule, device, logits):
+        """The grid figure, or None when the split gave no image. logits: the best checkpoint's on the
+        validation split (models/checkpoint.py `best_validation_outputs`)."""
         if model.task.multilabel:
-            return self.multilabel_figure(model, datamodule, device)
-        chosen = self.select(model, datamodule, device)
+            return self.multilabel_figure(model, datamodule, device, logits)
+        chosen = self.select(model, datamodule, logits)
         dataset = datamodule.dataset("val")
         if not chosen:
             return None

@@ -4,8 +4,10 @@ temperature and one threshold per label (evaluation/multilabel.py). Both are set
 and stored in best.ckpt before it is tested, so the test metrics, medtransfer-eval and medtransfer-predict
 all use them.
 
-The validation pass is a plain loop over the val loader (no Trainer.validate: that would log val metrics
-again and move `<monitor>_best`). Order: the temperature first, then the threshold on the calibrated
+The validation predictions are those the best epoch's own validation computed, or (when they cannot be
+known to be the checkpoint's) a plain loop of the best checkpoint over the val loader
+(models/checkpoint.py `best_validation_outputs`; no Trainer.validate: that would log val metrics again
+and move `<monitor>_best`). Order: the temperature first, then the threshold on the calibrated
 probabilities, which are what the deployed model thresholds."""
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from medtransfer.evaluation.calibration import (
 from medtransfer.evaluation.multilabel import fit_on_validation_multilabel
 from medtransfer.evaluation.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
 from medtransfer.evaluation.split_report import write_decision_settings
-from medtransfer.models.checkpoint import add_to_checkpoint, best_model
+from medtransfer.models.checkpoint import add_to_checkpoint, best_validation_outputs
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +112,12 @@ class FitOnValidation(L.Callback):
             return
         fitted = None
         if trainer.is_global_zero:  # every rank would compute the same; one does, the others receive it
-            with best_model(trainer, pl_module) as model:
-                logits, targets = model.collect_logits(trainer.datamodule.dataloader("val"))
-            if model.task.multilabel:
+            logits, targets = best_validation_outputs(trainer, pl_module)
+            if pl_module.task.multilabel:
                 fitted = fit_on_validation_multilabel(
                     logits,
                     targets,
-                    model.class_names,
+                    pl_module.class_names,
                     self.calibrate,
                     self.threshold_rule,
                     self.target_sensitivity,
@@ -130,13 +131,10 @@ class FitOnValidation(L.Callback):
                 fitted = fit_on_validation(
                     logits, targets, self.calibrate, self.threshold_rule, self.target_sensitivity
                 )
-            if model is not pl_module:  # best.ckpt carries them to the test, eval and predict
+            best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+            if best_path:  # best.ckpt carries them to the test, eval and predict
                 calibration, operating_point = fitted
-                add_to_checkpoint(
-                    trainer.checkpoint_callback.best_model_path,
-                    calibration=calibration,
-                    operating_point=operating_point,
-                )
+                add_to_checkpoint(best_path, calibration=calibration, operating_point=operating_point)
         calibration, operating_point = trainer.strategy.broadcast(fitted, src=0)
         pl_module.calibration, pl_module.operating_point = calibration, operating_point
         if trainer.is_global_zero:

@@ -10,7 +10,7 @@ from pathlib import Path
 import lightning as L
 
 from medtransfer.evaluation.cross_validation import Predictions, write_predictions
-from medtransfer.models.checkpoint import best_model
+from medtransfer.models.checkpoint import best_validation_outputs
 
 PREDICTIONS_FILE = "val_predictions.csv"
 
@@ -29,9 +29,8 @@ class ValidationPredictions(L.Callback):
             return
         if not trainer.is_global_zero:
             return
-        with best_model(trainer, pl_module) as model:
-            logits, targets = model.collect_logits(dm.dataloader("val"))
-            probs = model.probabilities_of(logits).float().cpu()
+        logits, targets = best_validation_outputs(trainer, pl_module)
+        probs = pl_module.probabilities_of(logits).float().cpu()  # the temperature fit_on_validation set
         part = images.data.splits["val"]
         predictions = Predictions(
             list(part.paths),
@@ -39,6 +38,6 @@ class ValidationPredictions(L.Callback):
             [images.label_text(label) for label in part.labels],
             targets.cpu(),
             probs.double(),
-            list(model.class_names),
+            list(pl_module.class_names),
         )
         write_predictions(self.output_dir / PREDICTIONS_FILE, predictions)

@@ -272,11 +272,6 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
                 )
         return self._datasets[split]
 
-    def inputs(self, split: str, indices: Sequence[int]) -> torch.Tensor:
-        """The model inputs of some images of a split, as one batch."""
-        dataset = self.dataset(split)
-        return torch.stack([dataset[i][0] for i in indices])
-
     def decode_options(self) -> dict:
         """Keyword arguments of `read_image` for this source's files (a DICOM window, for file sources)."""
         return {}

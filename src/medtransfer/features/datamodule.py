@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -110,10 +110,6 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
             sampler=sampler,
             drop_last=split == "train" and shuffle and self.images.drop_single_last_batch(),
         )
-
-    def inputs(self, split: str, indices: Sequence[int]) -> torch.Tensor:
-        """The model inputs of some images of a split: their features."""
-        return self.split_features(split)[list(indices)]
 
     # what callbacks read from the data module: the images'
     def dataset(self, split: str):

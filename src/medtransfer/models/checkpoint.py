@@ -104,3 +104,26 @@ def best_model(trainer, pl_module: Classifier) -> Iterator[Classifier]:
     finally:
         if model is pl_module:
             model.cpu()
+
+
+def best_validation_outputs(trainer, pl_module: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best checkpoint's raw logits (N, classes) and targets on the whole validation split, in loader
+    order, on the CPU: those its own validation epoch computed (`Classifier.best_val_outputs`) when they are
+    known to be the checkpoint's (one process, every validation batch run, the stored value is the one the
+    checkpoint callback kept), otherwise a pass of `best_model` over the validation loader."""
+    stored = pl_module.best_val_outputs
+    callback = trainer.checkpoint_callback
+    if (
+        stored is not None
+        and trainer.world_size == 1
+        and callback is not None
+        and callback.best_model_path
+        and callback.monitor == pl_module.hparams.monitor
+        and callback.best_model_score is not None
+        and float(callback.best_model_score) == stored.score
+        and len(stored.targets) == len(trainer.datamodule.dataloader("val").dataset)
+    ):
+        return stored.logits, stored.targets
+    with best_model(trainer, pl_module) as model:
+        logits, targets = model.collect_logits(trainer.datamodule.dataloader("val"))
+    return logits.cpu(), targets.cpu()

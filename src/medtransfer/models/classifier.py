@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -23,6 +24,17 @@ from medtransfer.models.heads import build_head
 from medtransfer.models.inference import outputs
 from medtransfer.utils.console import print_table
 from medtransfer.utils.errors import ConfigError, NonFiniteLossError
+
+
+class BestValidationOutputs(NamedTuple):
+    """The validation epoch that set the best value of the monitored metric: its epoch, that value, and the
+    raw logits (N, classes) and targets (N,) or (N, labels) it computed, on the CPU, in loader order."""
+
+    epoch: int
+    score: float
+    logits: torch.Tensor
+    targets: torch.Tensor
+
 
 # the version of what a checkpoint stores (hyper-parameters and the medtransfer section); 2: plain data
 CHECKPOINT_FORMAT = 2
@@ -120,6 +132,10 @@ class Classifier(L.LightningModule):
         # checkpoint: {"temperature", "val_ece_before", "val_ece_after"} and {"rule", "threshold", ...}
         self.calibration: dict | None = None
         self.operating_point: dict | None = None
+        # the raw logits and targets of this validation epoch, and those of the epoch that set the best
+        # value of the monitored metric (what the end-of-fit callbacks reuse: models/checkpoint.py)
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.best_val_outputs: BestValidationOutputs | None = None
 
     # ---------------------------------------------------------------- model
     def _loss_weights(self, class_weights, class_counts) -> torch.Tensor | None:
@@ -318,7 +334,13 @@ class Classifier(L.LightningModule):
         return {"logits": logits.detach(), "targets": y}
 
     def validation_step(self, batch, batch_idx):
-        return self._eval_step(batch, "val")
+        step = self._eval_step(batch, "val")
+        if not self.trainer.sanity_checking:
+            self._val_outputs.append((step["logits"].cpu(), step["targets"].cpu()))
+        return step
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_outputs = []
 
     def test_step(self, batch, batch_idx):
         return self._eval_step(batch, "test")
@@ -332,8 +354,17 @@ class Classifier(L.LightningModule):
         monitor = self.hparams.monitor
         current = values.get(monitor, self.trainer.callback_metrics.get(monitor))
         if current is not None:
+            # strictly better, as ModelCheckpoint decides: a tie keeps the earlier epoch
+            better = torch.gt if isinstance(self.best_metric, MaxMetric) else torch.lt
+            improved = not self.best_metric.update_count or bool(better(current, self.best_metric.compute()))
             self.best_metric.update(current)
             self.log(f"{monitor}_best", self.best_metric.compute(), prog_bar=True)
+            if improved and self._val_outputs and torch.isfinite(torch.as_tensor(current)):
+                logits, targets = (torch.cat(t) for t in zip(*self._val_outputs, strict=True))
+                self.best_val_outputs = BestValidationOutputs(
+                    self.current_epoch, float(current), logits, targets
+                )
+        self._val_outputs = []
 
     def on_test_epoch_end(self) -> None:
         self.log_dict(self.test_metrics.compute())
