@@ -42,6 +42,7 @@ from medtransfer.utils.distributed import (
     process_group_per_job,
 )
 from medtransfer.utils.errors import ConfigError
+from medtransfer.utils.optuna_sweeps import guard_optuna_sweeps
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
 from medtransfer.utils.run_lock import command_line_lock
 from medtransfer.utils.run_status import run_job, sweep_objective
@@ -258,6 +259,7 @@ def main() -> None:
         sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
     check_command_line()
     install_job_subprocess_command()
+    guard_optuna_sweeps()  # a sweep without a best trial ends with a message, not Optuna's traceback
     # lock a run/sweep dir named on the command line before Hydra writes into it
     with command_line_lock(sys.argv[1:]):
         hydra_main()
