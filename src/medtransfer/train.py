@@ -25,7 +25,7 @@ from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
 from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, require_intact
-from medtransfer.utils.command_line import check_command_line, quoted_override
+from medtransfer.utils.command_line import check_command_line, check_experiment_data, quoted_override
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -268,6 +268,7 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     setup_logging()
+    check_experiment_data(cfg)  # data=SOURCE experiment=NAME: the preset's data values used, or not, said
     with job_in_run_dir(cfg) as earlier:  # the run dir is locked; a sweep re-run skips or resumes jobs
         if earlier is not None:
             return earlier
