@@ -91,3 +91,47 @@ def test_the_data_summary_shows_the_network_input_size():
     with console.capture() as captured:
         print_data_summary(summary)
     assert "28×28 px (images resized to it)" in captured.get()
+
+
+def test_an_experiments_data_values_meet_the_data_source_chosen_on_the_command_line(tmp_path):
+    """data=folder experiment=pneumonia: the preset's MedMNIST-only values (name, size, class_names) are
+    left out, not handed to the folder source; those it takes (image_size) are used and said to be; what
+    the user set (batch_size) is the user's."""
+    missing = tmp_path / "no_images"
+    result = command(
+        "train",
+        "data=folder",
+        "experiment=pneumonia",
+        f"data.root={missing}",
+        "data.batch_size=4",
+        "print_config=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        cwd=tmp_path,
+    )
+    out = " ".join(result.stdout.replace("│", " ").split())
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr[-2000:]
+    assert "experiment=pneumonia sets data values for data=medmnist; the data is data=folder" in out
+    assert (
+        "not used (data=folder has no such option): data.class_names=['normal', 'pneumonia'], "
+        "data.name=pneumoniamnist, data.size=28" in out
+    )
+    assert "taken from the experiment: data.image_size=28;" in out and "batch_size" not in out
+    # the folder source was built (no unexpected `name`): the run stops on the missing folder
+    assert result.returncode == 2 and f"data.root={missing}: no such folder" in out
+
+
+def test_reconcile_experiment_data_keeps_the_chosen_sources_options():
+    from omegaconf import OmegaConf
+
+    from medtransfer.utils.command_line import reconcile_experiment_data
+
+    data = OmegaConf.create({"root": "x", "image_size": 28, "batch_size": 16, "name": "pneumoniamnist"})
+    preset = OmegaConf.create({"image_size": 28, "batch_size": 128, "name": "pneumoniamnist"})
+    message = reconcile_experiment_data(
+        data, "pneumonia", preset, "medmnist", "folder", {"root", "image_size", "batch_size"}, {"batch_size"}
+    )
+    assert "name" not in data and data.image_size == 28 and data.batch_size == 16
+    assert "data.name=pneumoniamnist" in message and "data.image_size=28" in message
+    assert "batch_size" not in message
+    # the experiment's own source: nothing to say, nothing removed
+    assert reconcile_experiment_data(data, "pneumonia", preset, "folder", "folder", set(), set()) is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -205,3 +206,127 @@ def test_eval_with_a_moved_copy_of_the_training_data(trained_folder_run, folder_
     assert results["test/auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)  # the same split
     written = json.loads((run / "data_summary.json").read_text())
     assert results["test/images"] == written["totals"]["test"]
+
+
+def eval_cli(tmp_path, name: str, *args: str) -> tuple[dict, str]:
+    """medtransfer-eval as the console runs it (overrides through partial_data_overrides), in process:
+    (returned metrics, console output)."""
+    import io
+
+    from medtransfer.evaluate import partial_data_overrides
+    from medtransfer.utils import console
+
+    out = io.StringIO()
+    saved = console.console
+    console.console = console.Console(file=out, width=200)
+    try:
+        cfg = compose_config(
+            "eval", tmp_path / name, partial_data_overrides([*args, "trainer.accelerator=cpu"])
+        )
+        results = evaluate(cfg)
+    finally:
+        console.console = saved
+    return results, out.getvalue()
+
+
+def no_nan(path):
+    def refuse(constant):
+        raise AssertionError(f"{path} holds {constant}")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_an_external_folder_is_evaluated_whole(trained_folder_run, tmp_path):
+    """An unsplit folder given with data=folder is scored whole (split=auto gives all), its classes matched
+    by name, and the console and metrics.json say how many images of each class were scored."""
+    from conftest import make_folder_tree
+
+    run, _ = trained_folder_run
+    best = run / "checkpoints" / "best.ckpt"
+    hospital = make_folder_tree(tmp_path / "hospital_b", per_class=7, seed=5)
+    results, printed = eval_cli(tmp_path, "eval", f"ckpt_path={best}", "data=folder", f"data.root={hospital}")
+    assert results["all/images"] == 14 and "test/images" not in results
+    assert "split=all: 14 images scored, every image of the data given" in printed
+    assert "benign 7, malignant 7" in printed
+    written = no_nan(tmp_path / "eval" / "metrics.json")
+    assert written["split"] == "all" and written["all/images_per_class"] == {"benign": 7, "malignant": 7}
+    # the labels are right: accuracy as predict's decisions on the same files give it
+    predicted = [
+        row["prediction"] == Path(row["path"]).parent.name
+        for row in csv.DictReader(predict(best, hospital, tmp_path / "p.csv").open())
+    ]
+    assert results["all/acc"] == pytest.approx(sum(predicted) / 14, abs=1e-6)
+    assert results["all/acc"] >= 0.8  # the model learned the square on these new images too
+    assert (tmp_path / "eval" / "confusion_matrix_all.png").is_file()
+    md = (tmp_path / "eval" / "per_class_report.md").read_text()
+    assert "14 images (split=all)" in md and "n/a" not in md
+
+
+def test_an_external_set_with_one_class_reports_what_is_defined(trained_folder_run, tmp_path):
+    """Only benign images: AUROC and sensitivity are undefined and said to be so (metrics.json `undefined`,
+    a warning); specificity and accuracy are reported; the per-class report shows malignant as absent."""
+    from conftest import make_folder_tree
+
+    run, _ = trained_folder_run
+    best = run / "checkpoints" / "best.ckpt"
+    hospital = make_folder_tree(tmp_path / "hospital_c", per_class=6, classes=("benign",), seed=6)
+    results, printed = eval_cli(tmp_path, "eval", f"ckpt_path={best}", "data=folder", f"data.root={hospital}")
+    assert results["all/images"] == 6
+    assert "all/auroc" not in results and "all/sensitivity" not in results
+    assert "all/sensitivity_at_threshold" not in results and "all/auroc_ci_low" not in results
+    benign = [
+        r["prediction"] == "benign"
+        for r in csv.DictReader(predict(best, hospital, tmp_path / "p.csv").open())
+    ]
+    assert results["all/specificity_at_threshold"] == pytest.approx(sum(benign) / 6, abs=1e-6)
+    assert results["all/acc"] == pytest.approx(sum(benign) / 6, abs=1e-6)
+    assert "no images of malignant" in printed
+    written = no_nan(tmp_path / "eval" / "metrics.json")
+    assert "AUROC needs images of both classes" in written["undefined"]["all/auroc"]
+    rows = {r["class"]: r for r in csv.DictReader((tmp_path / "eval" / "per_class_report.csv").open())}
+    assert rows["malignant"]["support"] == "0" and rows["malignant"]["recall"] == "n/a"
+    assert int(rows["benign"]["support"]) == 6
+
+
+def test_an_unknown_class_stops_eval_with_a_message(trained_folder_run, tmp_path, capsys):
+    from conftest import make_folder_tree
+
+    run, _ = trained_folder_run
+    hospital = make_folder_tree(tmp_path / "h", per_class=2, classes=("benign", "cyst"), seed=7)
+    cfg = compose_config(
+        "eval",
+        tmp_path / "eval",
+        [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "data=folder", f"data.root={hospital}"],
+    )
+    with pytest.raises(SystemExit):
+        run_job(lambda: evaluate(cfg), tmp_path / "eval")
+    out = capsys.readouterr().out
+    assert "'cyst'" in out and "'benign', 'malignant'" in out and "Traceback" not in out
+
+
+def test_split_test_of_an_unsplit_external_folder_says_it_is_a_part(trained_folder_run, tmp_path):
+    from conftest import make_folder_tree
+
+    run, _ = trained_folder_run
+    hospital = make_folder_tree(tmp_path / "hospital", per_class=10, seed=8)
+    args = [f"ckpt_path={run / 'checkpoints' / 'best.ckpt'}", "data=folder", f"data.root={hospital}"]
+    results, printed = eval_cli(tmp_path, "eval", *args, "split=test")
+    assert results["test/images"] == 4
+    assert "scores only its test part, 4 of 20 images" in printed and "split=all" in printed
+
+
+def test_eval_of_the_train_split_does_not_augment(trained_folder_run, tmp_path):
+    """The checkpoint's data has augmentation on; eval of split=train scores the images as they are: the
+    same logits twice, and no random transform in its loader."""
+    from medtransfer.evaluate import datamodule_for
+
+    run, _ = trained_folder_run
+    best = run / "checkpoints" / "best.ckpt"
+    first, _ = eval_cli(tmp_path, "a", f"ckpt_path={best}", "split=train")
+    second, _ = eval_cli(tmp_path, "b", f"ckpt_path={best}", "split=train")
+    assert first["train/images"] == second["train/images"] > 0
+    assert first["train/loss"] == second["train/loss"] and first["train/auroc"] == second["train/auroc"]
+    model = load_classifier(best)
+    assert model.hparams.data_config["augment"]  # the training data was augmented
+    transform = datamodule_for(model, None).dataloader("train").dataset.transform
+    assert not any("Random" in type(t).__name__ for t in transform.transforms)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 
 import pytest
 from omegaconf import OmegaConf
@@ -95,3 +96,50 @@ def test_a_last_batch_of_one_image_is_dropped_not_a_crash(tmp_path, train_config
     monkeypatch.setattr(MedicalImageDataModule, "drop_single_last_batch", lambda self: False)
     with pytest.raises(ValueError, match="Expected more than 1 value per channel"):
         train(train_config("trainer.max_epochs=1", *model, data=["data=medmnist", f"data.path={npz}"]))
+
+
+ALL_FAIL = """# @package _global_
+defaults:
+  - override /hydra/sweeper: optuna
+  - override /hydra/sweeper/sampler: {sampler}
+optimized_metric: val/auroc
+hydra:
+  sweeper:
+    direction: maximize
+    study_name: all_fail
+    storage: null
+    n_trials: 2
+    n_jobs: 1
+    max_failure_rate: 1.0
+    params:
+      data.sampler: choice(bogus1, bogus2)  # every trial fails at once (a ConfigError)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["tpe", "grid"])
+def test_an_optuna_sweep_whose_trials_all_fail_ends_with_a_message(tmp_path, npz_file, sampler):
+    """No trial completed (TPE: Optuna has no best trial) or the grid's last trial failed (Optuna stops the
+    study while telling the failure): the sweep still ends as one with failed jobs does, with its report,
+    the failed trials and their status.json named, exit code 1, and no traceback."""
+    conf = tmp_path / "conf" / "hparams_search"
+    conf.mkdir(parents=True)
+    (conf / "all_fail.yaml").write_text(ALL_FAIL.format(sampler=sampler))
+    result = run_train_cli(
+        tmp_path,
+        npz_file,
+        f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+        "hparams_search=all_fail",
+        multirun=True,
+    )
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output[-3000:]
+    assert result.returncode == 1, output[-3000:]
+    [sweep] = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    status = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
+    assert sorted(status) == ["0", "1"] and all(s["status"] == "failed" for s in status.values())
+    flat = re.sub(r"[\s│]", "", output)  # the message panel wraps long lines
+    assert "notrialcompleted:all2jobsfailed" in flat and "ConfigError:data.sampler='bogus" in flat
+    for job in status:
+        assert str(sweep / job / "status.json") in flat
+    assert "Jobs without a result:" in (sweep / "report.md").read_text()

@@ -1,7 +1,13 @@
-"""`medtransfer-eval ckpt_path=PATH [split=test] [data=... data.*=...]`: metrics of a checkpoint on a split,
-from one eval-mode pass over it, written to metrics.json with the split's report (confusion matrix,
-reliability diagram, ROC and precision-recall curves, per-class report) in the eval run's own directory,
-every key and file named by the split. The checkpoint's temperature and threshold are applied.
+"""`medtransfer-eval ckpt_path=PATH [split=auto|test|val|train|all] [data=... data.*=...]`: metrics of a
+checkpoint on a split, from one eval-mode pass over it (no augmentation, whatever the split), written to
+metrics.json with the split's report (confusion matrix, reliability diagram, ROC and precision-recall
+curves, per-class report) in the eval run's own directory, every key and file named by the split. The checkpoint's temperature and threshold are applied.
+
+External evaluation: data given on the command line (`data=folder data.root=other_hospital`) without a
+split of its own is scored whole (split=auto gives `all`; the checkpoint's own data gives `test`); its
+classes are matched to the checkpoint's by name, any subset of them, and metrics that the classes present
+leave undefined (AUROC of one class) are left out with the reason, under `undefined` in metrics.json.
+The console says which split of which data was scored, with the images per class.
 
 Several checkpoints (`ckpt_path=[a.ckpt,b.ckpt]`, or a sweep / cross-validation dir, optionally
 `ensemble.top_k=3`) are evaluated as an ensemble, and test-time augmentation (`tta=[hflip,vflip,rot90]`)
@@ -12,15 +18,19 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from rich.panel import Panel
 
 from medtransfer.data.datamodule import MedicalImageDataModule
 from medtransfer.data.splits import SPLITS
+from medtransfer.evaluation.metrics import undefined_metrics
 from medtransfer.evaluation.split_report import evaluation_report, write_decision_settings
 from medtransfer.models.checkpoint import DATA_SOURCES
 from medtransfer.models.classifier import Classifier
@@ -35,20 +45,32 @@ from medtransfer.models.ensemble import (
 )
 from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.command_line import check_command_line, user_override
-from medtransfer.utils.console import print_metrics, setup_logging
-from medtransfer.utils.errors import ConfigError
+from medtransfer.utils.console import print_metrics, print_warning, setup_logging, show
+from medtransfer.utils.errors import ConfigError, DataError
 from medtransfer.utils.paths import CONFIG_DIR
 from medtransfer.utils.run_status import run_job
 
 log = logging.getLogger(__name__)
 
+SCORED_SPLITS = (*SPLITS, "all")  # all: every image of the data, as it is given
 
-def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalImageDataModule:
+
+def given_source(data_cfg: DictConfig | None) -> bool:
+    """Whether the command line names a data source (`data=<source>`), rather than changing the
+    checkpoint's own data config (`data.root=/moved/copy`) or leaving it as it is."""
+    return data_cfg is not None and "_target_" in data_cfg
+
+
+def datamodule_for(
+    model: Classifier, data_cfg: DictConfig | None, whole: bool = False
+) -> MedicalImageDataModule:
     """The data given on the command line (`data=<source> data.*=…`), else the data the checkpoint was
     trained on (a data source of the project's, named in DATA_SOURCES), with the `data.*` values given
-    without a source put over it (data.root=/moved/copy); preprocessed as the checkpoint's model expects."""
+    without a source put over it (data.root=/moved/copy); preprocessed as the checkpoint's model expects,
+    its classes matched to the model's by name (a subset is fine) and every image in the split `all`.
+    whole: data without a split of its own stays unsplit (only `all`)."""
     config = data_cfg
-    if data_cfg is None or "_target_" not in data_cfg:
+    if not given_source(data_cfg):
         config = OmegaConf.merge(OmegaConf.create(model.hparams.data_config or {}), data_cfg or {})
     if not config:
         raise ConfigError("The checkpoint carries no data config: give one, e.g. data=folder data.root=DIR.")
@@ -64,14 +86,74 @@ def datamodule_for(model: Classifier, data_cfg: DictConfig | None) -> MedicalIma
             "data.image_size=%s is not used: the checkpoint's network takes %s×%s px.", asked, side, side
         )
     datamodule = instantiate(config, image_size=side)
+    channels = model.preprocessing["in_channels"]
+    datamodule.for_evaluation(model.class_names, whole=whole, channels=channels)
     datamodule.prepare_data()
     datamodule.setup()
-    if datamodule.classes != model.class_names:
+    if datamodule.multilabel != model.task.multilabel:
+        kinds = ("several labels per image", "one class per image")
+        data_kind, model_kind = kinds[not datamodule.multilabel], kinds[not model.task.multilabel]
         raise ConfigError(
-            f"The data's classes {datamodule.classes} differ from the checkpoint's {model.class_names}."
+            f"The data ({datamodule.describe_source()}) gives {data_kind}, but the checkpoint's model was "
+            f"trained on {model_kind}: evaluate it on data labelled as it was trained."
+        )
+    if datamodule.num_channels != channels:
+        raise ConfigError(
+            f"The data ({datamodule.describe_source()}) has {datamodule.num_channels}-channel images; the "
+            f"checkpoint's model takes {channels}: export the images with {channels} channel(s)."
         )
     datamodule.set_normalization(model.preprocessing["mean"], model.preprocessing["std"])
     return datamodule
+
+
+def scored_split(split: str, datamodule: MedicalImageDataModule, given: bool) -> str:
+    """The split to score: `split`, or for split=auto `test` when the data has a split of its own (or is
+    the checkpoint's own data, split as in training), else `all`. Says loudly what medtransfer made of
+    data given without a split (and a split=train|val|test asked of it); DataError for an empty split."""
+    splits = datamodule.data.splits
+    if split == "auto":
+        split = "test" if "test" in splits else "all"
+    if split not in splits or not len(splits[split]):
+        raise DataError(
+            f"split={split}: the data ({datamodule.describe_source()}) has no {split} images. Use split=all "
+            "to evaluate every image."
+        )
+    if given and datamodule.data.made_split and split != "all":
+        print_warning(
+            f"{datamodule.describe_source()} has no train/val/test split of its own: medtransfer split it "
+            f"(data.seed={datamodule.seed}) and split={split} scores only its {split} part, "
+            f"{len(splits[split])} of {len(splits['all'])} images. split=all scores every image "
+            "(the default for such data).",
+            title="medtransfer-eval: part of the data",
+        )
+    return split
+
+
+def say_what_is_scored(datamodule: MedicalImageDataModule, split: str, given: bool) -> dict[str, int]:
+    """Which split of which data is scored, and how many images of each class (multi-label: positives
+    per label), on the console and in the log. Returns {class: images}."""
+    labels = datamodule.data.splits[split].labels
+    if datamodule.multilabel:
+        counts = (labels == 1).sum(0)
+    else:
+        counts = np.bincount(labels, minlength=datamodule.num_classes)
+    per_class = {c: int(n) for c, n in zip(datamodule.classes, counts, strict=True)}
+    source = ", ".join(f"{k}={v}" for k, v in datamodule.describe_source().items() if k != "columns")
+    part = "every image" if split == "all" else f"the {split} split"
+    whose = "the data given" if given else "the checkpoint's own data"
+    lines = [
+        f"split={split}: {len(labels)} images scored, {part} of {whose} ({source})",
+        "per class: " + ", ".join(f"{c} {n}" for c, n in per_class.items()),
+    ]
+    absent = [c for c, n in per_class.items() if not n]
+    if absent and not datamodule.multilabel:
+        lines.append(
+            f"no images of {', '.join(absent)}: metrics are over the {len(per_class) - len(absent)} of "
+            f"the {len(per_class)} trained classes present"
+        )
+    # on the terminal and in evaluate.log
+    show(Panel("\n".join(lines), title="medtransfer-eval: scored", border_style="cyan", title_align="left"))
+    return per_class
 
 
 def device_of(accelerator: str) -> torch.device:
@@ -84,11 +166,16 @@ def split_metrics(
     model: Classifier, logits: torch.Tensor, targets: torch.Tensor, split: str, batch_size: int
 ):
     """The metrics a test epoch logs (acc, auroc …, and the loss averaged over batches of `batch_size` as
-    Lightning averages it), of the deployed model (temperature applied), named `<split>/…`."""
+    Lightning averages it), of the deployed model (temperature applied), named `<split>/…`; without
+    those the classes present leave undefined (metrics.undefined_metrics)."""
     scaled = model.task.scale(logits, model.temperature)
-    metrics = model.task.metrics(model.hparams.num_classes, f"{split}/")
+    metrics = model.task.metrics(model.hparams.num_classes, f"{split}/", model.class_names)
     metrics.update(model.task.activation(scaled), targets)
-    values = {k: float(v) for k, v in metrics.compute().items()}
+    undefined = undefined_here(model, targets, split)
+    with warnings.catch_warnings():  # torchmetrics on what is undefined: reported by evaluate, left out here
+        if undefined:
+            warnings.filterwarnings("ignore", message="No (positive|negative) samples in targets")
+        values = {k: float(v) for k, v in metrics.compute().items() if k not in undefined}
     with torch.no_grad():
         losses = [
             (len(y), float(model.loss(s, y)))
@@ -98,17 +185,32 @@ def split_metrics(
     return values
 
 
+def undefined_here(model: Classifier, targets: torch.Tensor, split: str) -> dict[str, str]:
+    """{`<split>/<metric>`: why} for the metrics the classes present in `targets` leave undefined
+    (single-label models; a multi-label report leaves out labels without both classes itself)."""
+    if model.task.multilabel:
+        return {}
+    return {f"{split}/{k}": why for k, why in undefined_metrics(targets, model.class_names).items()}
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"split={cfg.split!r}: use one of {', '.join(SPLITS)}.")
+    if cfg.split not in (*SCORED_SPLITS, "auto"):
+        raise ConfigError(
+            f"split={cfg.split!r}: use one of {', '.join(SCORED_SPLITS)}, or auto (test; all for data given "
+            "without a split of its own)."
+        )
     output_dir = Path(cfg.paths.output_dir)
     ensemble = cfg.get("ensemble") or {}
     paths = checkpoint_paths(cfg.ckpt_path, ensemble.get("top_k"), ensemble.get("metric"))
     members = load_members(paths)
     views = tta_views(cfg.get("tta"))
-    check_no_leak(members, paths, cfg.split, cfg.get("data"))
-    datamodule = datamodule_for(members[0], cfg.get("data"))
-    loader = datamodule.dataloader(cfg.split)
+    given = given_source(cfg.get("data"))
+    whole = cfg.split == "all" or (cfg.split == "auto" and given)
+    datamodule = datamodule_for(members[0], cfg.get("data"), whole=whole)
+    split = scored_split(cfg.split, datamodule, given)
+    check_no_leak(members, paths, split, given)
+    per_class = say_what_is_scored(datamodule, split, given)
+    loader = datamodule.dataloader(split)
     device = device_of(cfg.trainer.accelerator)
     member_metrics = []
     if len(members) == 1 and views == ["identity"]:  # one plain pass, the checkpoint's own logits
@@ -128,25 +230,27 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 ensemble_model(members),
                 as_logits(member_probs, multilabel),
                 targets,
-                cfg.split,
+                split,
                 loader.batch_size,
             )
             member_metrics.append({"ckpt_path": str(path), **values})
-    metrics = split_metrics(model, logits, targets, cfg.split, loader.batch_size)
-    metrics[f"{cfg.split}/images"] = len(targets)  # every eval says how many images it scored
-    log.info("%s: %d images of the %s split scored.", cfg.split, len(targets), cfg.split)
+    metrics = split_metrics(model, logits, targets, split, loader.batch_size)
+    metrics[f"{split}/images"] = len(targets)  # every eval says how many images it scored
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg and "_target_" in lg]
     bootstrap = cfg.get("bootstrap") or {}
     samples, seed = int(bootstrap.get("samples", 0)), int(bootstrap.get("seed", 0))
-    metrics.update(
-        evaluation_report(model, logits, targets, cfg.split, output_dir, loggers, 0, samples, seed)
-    )
+    metrics.update(evaluation_report(model, logits, targets, split, output_dir, loggers, 0, samples, seed))
     if spread is not None:
-        metrics[f"{cfg.split}/uncertainty_mean"] = float(spread.mean())
+        metrics[f"{split}/uncertainty_mean"] = float(spread.mean())
+    undefined = undefined_here(model, targets, split)
+    for key, why in undefined.items():
+        log.warning("%s is not reported: %s.", key, why)
     write_decision_settings(model, output_dir)
     extra = {"members": member_metrics} if len(members) > 1 else {}
     ckpt = str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
-    atomic_write_json(output_dir / "metrics.json", {"ckpt_path": ckpt, "tta": views, **metrics, **extra})
+    written = {"ckpt_path": ckpt, "tta": views, "split": split, f"{split}/images_per_class": per_class}
+    written.update({**metrics, **({"undefined": undefined} if undefined else {}), **extra})
+    atomic_write_json(output_dir / "metrics.json", written)
     what = f"{len(members)} checkpoints" if len(members) > 1 else str(paths[0])
     if len(views) > 1:
         what += f", TTA {'+'.join(views)}"
@@ -154,20 +258,21 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print_metrics(
             {k: v for k, v in member.items() if k != "ckpt_path"}, title=f"member {member['ckpt_path']}"
         )
-    print_metrics(metrics, title=f"{cfg.split} metrics of {what}")
+    print_metrics(metrics, title=f"{split} metrics of {what} ({len(targets)} images)")
     return metrics
 
 
-def check_no_leak(members: list[Classifier], paths: list[Path], split: str, data_cfg) -> None:
-    """An ensemble of the folds of a cross-validation has seen every non-test image in training (each
-    member the others' validation folds): only its test split is unseen. ConfigError otherwise."""
+def check_no_leak(members: list[Classifier], paths: list[Path], split: str, given: bool) -> None:
+    """An ensemble of the folds of a cross-validation has seen every non-test image of its data in
+    training (each member the others' validation folds): only its test split is unseen, and any data
+    given on the command line with split=all. ConfigError otherwise."""
     folds = {(m.hparams.get("data_config") or {}).get("fold") for m in members}
-    if len(members) > 1 and len(folds) > 1 and split != "test":
+    if len(members) > 1 and len(folds) > 1 and split != "test" and not (given and split == "all"):
         raise ConfigError(
             f"split={split} with an ensemble of {len(members)} cross-validation folds ({paths[0].parent.parent} "
             f"…): each member trained on the others' validation folds, so its {split} metrics would be "
-            "optimistic. Evaluate the ensemble on split=test; the cross-validation's own out-of-fold "
-            "metrics are in cv_report.md."
+            "optimistic. Evaluate the ensemble on split=test (or on other data, data=<source> split=all); the "
+            "cross-validation's own out-of-fold metrics are in cv_report.md."
         )
 
 

@@ -29,7 +29,7 @@ from medtransfer.evaluation.cross_validation import (
     write_predictions,
 )
 from medtransfer.utils.atomic_write import atomic_open, atomic_write_text
-from medtransfer.utils.console import console, print_table
+from medtransfer.utils.console import console, print_error, print_table
 from medtransfer.utils.sweep_jobs import NEUTRAL_KEYS, job_state, unstarted_jobs
 
 COLUMNS = ("val_best", "test/auroc", "test/acc", "test/balanced_acc", "epochs", "wall_time_s")
@@ -168,7 +168,11 @@ def plot(
         ax.set_xlabel(x_key)
         ax.legend(fontsize=8)
     else:
-        labels = [", ".join(f"{k.split('.')[-1]}={_short(r.get(k))}" for k in keys) or r["job"] for r in done]
+        labels = [
+            ", ".join(f"{k.split('.')[-1]}={_short(r.get(k))}" for k in keys)
+            or r.get("job", r.get("run", "all"))
+            for r in done
+        ]
         sds = [r.get(f"{metric}_sd") or 0.0 for r in done]
         ax.barh(range(len(done)), [r[metric] for r in done], xerr=sds if any(sds) else None)
         ax.set_yticks(range(len(done)), labels, fontsize=8)
@@ -515,8 +519,22 @@ class SweepSummary(Callback):
             return  # a remote launcher (SLURM) returns before its jobs write anything here
         report(sweep_dir, rows=rows)
         cv_report(sweep_dir, rows)
-        if any(r["status"] == "failed" for r in rows):
-            console.print("[red]See status.json and traceback.txt in the failed jobs' run dirs.[/red]")
+        failed = [r for r in rows if r["status"] == "failed"]
+        if failed:
+            started = [r for r in rows if r["status"] != "not started"]
+            head = (
+                f"no trial completed: all {len(failed)} jobs failed"
+                if len(failed) == len(started)
+                else f"{len(failed)} of {len(started)} jobs failed"
+            )
+            keys = swept_keys(rows)
+            lines = [
+                f"job {r['job']}{' (' + ' '.join(f'{k}={r.get(k)}' for k in keys) + ')' if keys else ''}: "
+                f"{str(r.get('error') or 'see its status.json').splitlines()[0]}\n"
+                f"  {Path(r['dir']) / 'status.json'}"
+                for r in failed
+            ]
+            print_error("\n".join([f"{head}:", *lines]), title="sweep: failed jobs")
             raise SystemExit(1)
 
 

@@ -25,7 +25,7 @@ from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
 from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, require_intact
-from medtransfer.utils.command_line import check_command_line, quoted_override
+from medtransfer.utils.command_line import check_command_line, check_experiment_data, quoted_override
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -42,6 +42,7 @@ from medtransfer.utils.distributed import (
     process_group_per_job,
 )
 from medtransfer.utils.errors import ConfigError
+from medtransfer.utils.optuna_sweeps import guard_optuna_sweeps
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
 from medtransfer.utils.run_lock import command_line_lock
 from medtransfer.utils.run_status import run_job, sweep_objective
@@ -258,6 +259,7 @@ def main() -> None:
         sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
     check_command_line()
     install_job_subprocess_command()
+    guard_optuna_sweeps()  # a sweep without a best trial ends with a message, not Optuna's traceback
     # lock a run/sweep dir named on the command line before Hydra writes into it
     with command_line_lock(sys.argv[1:]):
         hydra_main()
@@ -266,6 +268,7 @@ def main() -> None:
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def hydra_main(cfg: DictConfig) -> float | None:
     setup_logging()
+    check_experiment_data(cfg)  # data=SOURCE experiment=NAME: the preset's data values used, or not, said
     with job_in_run_dir(cfg) as earlier:  # the run dir is locked; a sweep re-run skips or resumes jobs
         if earlier is not None:
             return earlier

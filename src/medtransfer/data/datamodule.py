@@ -72,23 +72,24 @@ def default_num_workers(on_gpu: bool) -> int:
 
 
 class SplitLoaders:
-    """Lightning's loader hooks, and `dataloader(split)` (in order, for evaluation), from one
-    `_loader(split, shuffle)`."""
+    """Lightning's loader hooks, and `dataloader(split)` (in order, without augmentation, for evaluation:
+    also of the train split), from one `_loader(split, training)`; training: the loader that trains
+    (shuffled or sampled, augmented)."""
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, training: bool) -> DataLoader:
         raise NotImplementedError
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        return self._loader("train", training=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", training=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", training=False)
 
     def dataloader(self, split: str) -> DataLoader:
-        return self._loader(split, shuffle=False)
+        return self._loader(split, training=False)
 
 
 class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
@@ -143,7 +144,30 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         self.std: Sequence[float] | None = None
         self.data: SplitData | None = None
         self.task: str | None = None  # resolved from data.task and the data by setup
-        self._datasets: dict[str, Dataset] = {}
+        self._datasets: dict[tuple[str, bool], Dataset] = {}
+        self.model_classes: list[str] | None = None  # set by for_evaluation
+        self.model_channels: int | None = None
+        self.whole = False
+
+    def for_evaluation(
+        self, model_classes: Sequence[str], whole: bool = False, channels: int | None = None
+    ) -> None:
+        """Read this data to evaluate a model trained on `model_classes` (call before setup).
+
+        Classes are matched by name: every label becomes the index of its class among `model_classes`,
+        whatever order or subset of them the data has (a class the model was not trained on is a DataError
+        naming it); multi-label data gets the model's labels in the model's order, a label the data lacks
+        unknown (NaN). A split `all` holds every image. No split needs every class, or two classes.
+        whole: data without a split of its own is not split (only `all`); otherwise it is split as
+        training split it (the same seed gives the same test split). channels: the model's input channels,
+        what image files are decoded to (an RGB copy of a grayscale set, or the reverse)."""
+        self.model_classes = [str(c) for c in model_classes]
+        self.model_channels = channels
+        self.whole = whole
+
+    @property
+    def evaluating(self) -> bool:
+        return self.model_classes is not None
 
     # ------------------------------------------------------------ sources
     @abstractmethod
@@ -157,16 +181,41 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
             data = self.load_splits()
+            if data.multilabel and self.missing_label == "negative":
+                for part in data.splits.values():
+                    part.labels = np.nan_to_num(part.labels, nan=0.0)
+            if self.evaluating:
+                self.data = self.matched_to_model(data)
+                self.task = "multilabel" if data.multilabel else None
+                return
             for name in SPLITS:
                 if name not in data.splits or len(data.splits[name]) == 0:
                     raise DataError(f"The {name} split is empty: {self.describe_source()}")
             self.task = self.resolve_task(data)
             if data.multilabel:
-                if self.missing_label == "negative":
-                    for part in data.splits.values():
-                        part.labels = np.nan_to_num(part.labels, nan=0.0)
                 _warn_findings_missing(data)
             self.data = data
+
+    def matched_to_model(self, data: SplitData) -> SplitData:
+        """`data` with the model's classes (see for_evaluation) and the split `all`."""
+        classes = self.model_classes
+        unknown = [c for c in data.classes if c not in classes]
+        if unknown:
+            raise DataError(unknown_classes_message(unknown, classes, self.describe_source()))
+        index = np.array([classes.index(c) for c in data.classes], dtype=np.int64)
+        for part in data.splits.values():
+            if data.multilabel:  # the model's label columns; one the data does not have is unknown
+                labels = np.full((len(part), len(classes)), np.nan, dtype=np.float32)
+                labels[:, index] = part.labels
+                part.labels = labels
+            else:
+                part.labels = index[part.labels.astype(np.int64)]
+        if "all" not in data.splits:
+            data.splits["all"] = concatenated([data.splits[s] for s in SPLITS if s in data.splits])
+        if not len(data.splits["all"]):
+            raise DataError(f"No usable image in {self.describe_source()}: nothing to evaluate.")
+        data.classes = list(classes)
+        return data
 
     def resolve_task(self, data: SplitData) -> str:
         """The task the data fits and data.task allows (see the class docstring); ConfigError otherwise."""
@@ -251,26 +300,31 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
             return list(self.mean), list(self.std)
         return for_channels(IMAGENET_MEAN, IMAGENET_STD, self.num_channels)
 
-    def transform(self, split: str):
+    def transform(self, augmented: bool):
+        """The training transform (data.augment) or the evaluation transform."""
         mean, std = self._normalization()
-        if split == "train":
+        if augmented:
             return train_transform(self.image_size, mean, std, self.augment)
         return eval_transform(self.image_size, mean, std)
 
-    def dataset(self, split: str) -> Dataset:
-        if split not in self._datasets:
+    def dataset(self, split: str, augmented: bool | None = None) -> Dataset:
+        """The images of a split with the training transform (augmented; default: for the train split)
+        or the evaluation transform."""
+        augmented = split == "train" if augmented is None else augmented
+        key = (split, augmented)
+        if key not in self._datasets:
             self.setup()
             part = self.data.splits[split]
-            transform = self.transform(split)
+            transform = self.transform(augmented)
             if isinstance(part.images, list):
-                self._datasets[split] = TensorListDataset(part.images, part.labels, transform)
+                self._datasets[key] = TensorListDataset(part.images, part.labels, transform)
             elif part.images is not None:
-                self._datasets[split] = ArrayDataset(part.images, part.labels, transform)
+                self._datasets[key] = ArrayDataset(part.images, part.labels, transform)
             else:
-                self._datasets[split] = FileDataset(
+                self._datasets[key] = FileDataset(
                     part.paths, part.labels, self.data.channels, transform, self.decode_options()
                 )
-        return self._datasets[split]
+        return self._datasets[key]
 
     def decode_options(self) -> dict:
         """Keyword arguments of `read_image` for this source's files (a DICOM window, for file sources)."""
@@ -312,20 +366,20 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
             return self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
         return torch.cuda.is_available()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
+    def _loader(self, split: str, training: bool) -> DataLoader:
+        dataset = self.dataset(split, augmented=training)
         workers = default_num_workers(self.on_gpu) if self.num_workers == "auto" else int(self.num_workers)
         pin = self.on_gpu if self.pin_memory == "auto" else self.pin_memory
-        sampler = self.balanced_sampler() if shuffle and self.sampler == "weighted" else None
+        sampler = self.balanced_sampler() if training and self.sampler == "weighted" else None
         return DataLoader(
             dataset,
-            batch_size=self.batch_size if split == "train" else self.eval_batch_size,
-            shuffle=shuffle and sampler is None,
+            batch_size=self.batch_size if training else self.eval_batch_size,
+            shuffle=training and sampler is None,
             sampler=sampler,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=bool(pin),
-            drop_last=split == "train" and shuffle and self.drop_single_last_batch(),
+            drop_last=training and self.drop_single_last_batch(),
         )
 
     # ---------------------------------------------------------- reporting
@@ -424,6 +478,35 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         return "|".join(
             ("?" if np.isnan(v) else "") + c for c, v in zip(self.classes, label, strict=True) if v != 0
         )
+
+
+def concatenated(parts: Sequence[Split]) -> Split:
+    """One split holding the images of `parts`, in order."""
+    labels = np.concatenate([p.labels for p in parts])
+    paths = [q for p in parts for q in p.paths] if all(p.paths is not None for p in parts) else None
+    images = None
+    if all(isinstance(p.images, np.ndarray) for p in parts):
+        images = np.concatenate([p.images for p in parts])
+    elif all(p.images is not None for p in parts):
+        images = [image for p in parts for image in p.images]
+    patients = None
+    if any(p.patients for p in parts):
+        patients = [q for p in parts for q in (p.patients or [None] * len(p))]
+    return Split(labels=labels, paths=paths, images=images, patients=patients)
+
+
+def unknown_classes_message(unknown: Sequence[str], trained: Sequence[str], source: Mapping) -> str:
+    """The error for data classes a model was not trained on: which, where, the trained ones, the fix."""
+    where = ", ".join(f"{k}={v}" for k, v in source.items() if k in ("root", "manifest", "path")) or source
+    lowered = {c.lower(): c for c in trained}
+    hints = [f"{u!r} is probably {lowered[u.lower()]!r}" for u in unknown if u.lower() in lowered]
+    return (
+        f"The data ({where}) has class(es) {', '.join(map(repr, unknown))} that the checkpoint was not "
+        f"trained on; its classes are {', '.join(map(repr, trained))}. Classes are matched by name"
+        + (f" ({'; '.join(hints)})" if hints else "")
+        + ": rename each class folder (or the label in the manifest, or data.class_names of an .npz) to the "
+        "trained class its images show, or leave those images out. A subset of the trained classes is fine."
+    )
 
 
 def _warn_findings_missing(data: SplitData) -> None:

@@ -39,14 +39,18 @@ def weighted_binary_auroc(scores: torch.Tensor, positive: torch.Tensor, counts: 
 
 
 def resampled_auroc(probs: torch.Tensor, targets: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """`auroc` of each resample (row of counts); NaN where a class is missing."""
+    """`auroc` of each resample (row of counts); for several classes the macro mean over the classes
+    present in `targets` (as the reported AUROC: metrics.MacroOverPresentClasses); NaN where a resample
+    lacks one of them."""
     num_classes = probs.shape[1]
     if num_classes == 2:
         return weighted_binary_auroc(probs[:, 1].double(), targets == 1, counts)
     per_class = [
-        weighted_binary_auroc(probs[:, k].double(), targets == k, counts) for k in range(num_classes)
+        weighted_binary_auroc(probs[:, k].double(), targets == k, counts)
+        for k in range(num_classes)
+        if (targets == k).any()
     ]
-    return torch.stack(per_class).mean(dim=0)  # NaN when any class is missing
+    return torch.stack(per_class).mean(dim=0)  # NaN when a present class is missing from a resample
 
 
 def bootstrap_intervals(

@@ -4,6 +4,7 @@ and sensitivity/specificity for binary tasks. All take class probabilities of sh
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -77,7 +78,9 @@ class MacroOverPresentClasses(Metric):
                 int(present.sum()),
                 ", ".join(repr(self.class_names[i]) for i in missing),
             )
-        per_class = self.metric.compute()
+        with warnings.catch_warnings():  # torchmetrics' warning about the absent classes, named above
+            warnings.filterwarnings("ignore", message="No positive samples in targets")
+            per_class = self.metric.compute()
         return per_class[present.to(per_class.device)].mean()
 
     def reset(self) -> None:
@@ -110,3 +113,22 @@ def classification_metrics(
     else:
         metrics["auroc"] = macro(MulticlassAUROC(num_classes, average=None), "auroc")
     return MetricCollection(metrics, prefix=prefix, compute_groups=False)
+
+
+def undefined_metrics(targets: torch.Tensor, class_names: Sequence[str]) -> dict[str, str]:
+    """{metric name: why it is undefined} for the metrics of `classification_metrics` that the classes
+    present in `targets` (N,) leave without a value: AUROC with fewer than two classes present; for two
+    classes, sensitivity without images of class 1 and specificity without images of class 0. An evaluated
+    set may hold any subset of the trained classes; these must be left out, not reported as 0 or NaN."""
+    present = sorted({int(t) for t in targets.tolist()})
+    names = ", ".join(repr(class_names[k]) for k in present) or "none"
+    why = {}
+    if len(present) < 2:
+        what = "both classes" if len(class_names) == 2 else "at least two classes"
+        why["auroc"] = f"AUROC needs images of {what}; this split has only {names}"
+    if len(class_names) == 2:
+        if 1 not in present:
+            why["sensitivity"] = f"sensitivity needs images of the positive class {class_names[1]!r}"
+        if 0 not in present:
+            why["specificity"] = f"specificity needs images of the negative class {class_names[0]!r}"
+    return why

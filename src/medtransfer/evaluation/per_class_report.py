@@ -13,24 +13,21 @@ from medtransfer.utils.atomic_write import atomic_open
 
 
 def per_class_rows(predictions, targets, class_names: Sequence[str]) -> list[dict]:
-    """One row per true class: precision, recall, F1 (0 where undefined), support, and how many of its
-    images went to each predicted class."""
+    """One row per true class: precision, recall, F1, support, and how many of its images went to each
+    predicted class. Undefined values are None (written n/a): precision of a class never predicted, recall
+    of a class without images (an evaluated set may hold a subset of the classes), F1 of a class with
+    neither."""
     predictions, targets = np.asarray(predictions), np.asarray(targets)
     n = len(class_names)
     matrix = np.bincount(targets * n + predictions, minlength=n * n).reshape(n, n)
     rows = []
     for k, name in enumerate(class_names):
         tp, predicted, support = matrix[k, k], matrix[:, k].sum(), matrix[k].sum()
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        row = {
-            "class": name,
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(support),
-        }
+        precision = float(tp / predicted) if predicted else None
+        recall = float(tp / support) if support else None
+        # F1 = 2 TP / (2 TP + FP + FN): 0 for a class predicted but absent, undefined with neither
+        f1 = float(2 * tp / (predicted + support)) if predicted + support else None
+        row = {"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(support)}
         row.update({f"predicted {c}": int(matrix[k, j]) for j, c in enumerate(class_names)})
         rows.append(row)
     return rows
@@ -41,7 +38,7 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()})
+            writer.writerow({k: _cell(v) for k, v in row.items()})
 
 
 def to_markdown(rows: list[dict], title: str, notes: Sequence[str] = ()) -> str:
@@ -52,6 +49,12 @@ def to_markdown(rows: list[dict], title: str, notes: Sequence[str] = ()) -> str:
     lines.append("| " + " | ".join(columns) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(columns) - 1)) + "|")
     for row in rows:
-        cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()]
+        cells = [_cell(v) for v in row.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -64,8 +64,11 @@ def report_metrics(model, probs, targets, logits, split: str, samples: int, seed
     if threshold is not None:
         sensitivity, specificity = rates_at_threshold(probs[:, 1], targets, threshold)
         metrics["threshold"] = float(threshold)
-        metrics[f"{split}/sensitivity_at_threshold"] = sensitivity
-        metrics[f"{split}/specificity_at_threshold"] = specificity
+        # NaN without positives (negatives): left out, as undefined_metrics reports for sensitivity (specificity)
+        if sensitivity == sensitivity:
+            metrics[f"{split}/sensitivity_at_threshold"] = sensitivity
+        if specificity == specificity:
+            metrics[f"{split}/specificity_at_threshold"] = specificity
     for name, (low, high) in bootstrap_intervals(probs, targets, samples, seed).items():
         metrics[f"{split}/{name}_ci_low"] = low
         metrics[f"{split}/{name}_ci_high"] = high
@@ -125,9 +128,18 @@ def write_per_class_report(model, probs, targets, split: str, output_dir: Path) 
     rows = per_class_rows(model.decide(probs).numpy(), targets.numpy(), model.class_names)
     write_csv(rows, output_dir / "per_class_report.csv")
     notes = [
-        f"{len(targets)} {split} images; rows: true class, `predicted …`: the confusion matrix.",
+        f"{len(targets)} images (split={split}); rows: true class, `predicted …`: the confusion matrix.",
         f"Predicted class: {decision_text(model)}.",
     ]
+    if any(value is None for row in rows for value in row.values()):
+        notes.append(
+            "n/a: undefined (precision of a class never predicted, recall of a class without images)."
+        )
+    absent = [row["class"] for row in rows if not row["support"]]
+    if absent:
+        notes.append(
+            f"No images of {', '.join(absent)} (split={split}): averaged metrics are over the classes present."
+        )
     if model.calibration:
         notes.append(
             f"Probabilities with temperature {model.temperature:.4g} (fitted on the validation split)."

@@ -100,15 +100,15 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
             self.features[split], self.from_cache[split] = self.cache.get_or_compute(fields, labels, compute)
         return self.features[split]
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, training: bool) -> DataLoader:
         dataset = TensorDataset(self.split_features(split), self.images.dataset(split).labels)
-        sampler = self.images.balanced_sampler() if shuffle and self.images.sampler == "weighted" else None
+        sampler = self.images.balanced_sampler() if training and self.images.sampler == "weighted" else None
         return DataLoader(
             dataset,
-            batch_size=self.images.batch_size if split == "train" else self.images.eval_batch_size,
-            shuffle=shuffle and sampler is None,
+            batch_size=self.images.batch_size if training else self.images.eval_batch_size,
+            shuffle=training and sampler is None,
             sampler=sampler,
-            drop_last=split == "train" and shuffle and self.images.drop_single_last_batch(),
+            drop_last=training and self.images.drop_single_last_batch(),
         )
 
     # what callbacks read from the data module: the images'

@@ -69,14 +69,15 @@ def run_job(fn: Callable[[], Any], output_dir: str | Path) -> Any:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(RunFileWriteError):
             atomic_write_text(trace, traceback.format_exc())
+        cause = user_error(err)
+        shown = cause or err  # the user's error, not Hydra's wrapper of it (InstantiationException)
         write_status(
             output_dir,
             "failed",
             time.time() - start,
-            error=f"{err.__class__.__name__}: {err}",
+            error=f"{shown.__class__.__name__}: {shown}",
             traceback=str(trace),
         )
-        cause = user_error(err)
         if cause is not None:
             print_error(str(cause))
             if not _is_multirun():

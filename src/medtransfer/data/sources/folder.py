@@ -76,7 +76,9 @@ class FolderDataModule(ImageFilesDataModule):
             classes = [c for c in files if files[c]]
             items = [Item(p, c) for c in classes for p in files[c]]
             empty = [_empty_folder(self.root / c, c) for c, paths in files.items() if not paths]
-        if len(classes) < 2:
+        if self.evaluating:  # an empty class folder is a class without images: evaluated on the others
+            empty = []
+        if len(classes) < (1 if self.evaluating else 2):  # a model is evaluated on any of its classes
             raise DataError(
                 f"data.root={self.root}: found {len(classes)} class folder(s) with files; "
                 "expected one sub-folder per class (or train/ val/ test/ folders holding them)."

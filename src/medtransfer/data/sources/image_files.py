@@ -139,24 +139,42 @@ class ImageFilesDataModule(MedicalImageDataModule):
         items = _without(items, conflicts)
         _warn_few_levels({i.path: facts[i.path] for i in items}, self.window)
         multilabel = listing.multilabel
-        if listing.split_given:
+        kept_whole = self.evaluating and self.whole and not listing.split_given
+        if listing.split_given and not self.evaluating:
             # multi-label splits may lack a rare label: a warning (datamodule), not a problem
             missing = [] if multilabel else missing_class_problems(items, listing.classes, self.locate)
             given = missing + duplicate_problems(items, facts) + patient_problems(items)
             problems += given
             items = _without(items, given)
-        else:
+        elif kept_whole:  # evaluated whole: no split is made (for_evaluation)
+            items = [replace(i, split="all") for i in items]
+        elif not listing.split_given:
             items = self.assign_splits(items, facts)
-        if self.folds:
+        if self.folds and not kept_whole:
             items = self.assign_folds(items, facts)
         if multilabel:  # every label is an output, also one without positives (warned about in setup)
             present = [c for k, c in enumerate(listing.classes) if any(i.targets[k] == 1 for i in items)]
         else:
             present = [c for c in listing.classes if any(i.label == c for i in items)]
-            problems += single_class_problems(items, present, self.locate, made_split=not listing.split_given)
+            if not self.evaluating:  # evaluation takes any subset of the trained classes
+                problems += single_class_problems(
+                    items, present, self.locate, made_split=not listing.split_given
+                )
         skipped = enforce(problems, self.on_bad)
         if skipped:
             _report_skipped(len(left_out(skipped)))
+        if self.evaluating:
+            if not items:
+                raise DataError(f"No usable image in {self.describe_source()}: nothing to evaluate.")
+            classes = listing.classes if multilabel else present
+            return self.split_data(
+                items,
+                classes,
+                facts,
+                made_split=not listing.split_given and not kept_whole,
+                skipped=skipped,
+                multilabel=multilabel,
+            )
         if multilabel and not present:
             raise DataError(
                 f"{self.locate('train')}: no usable image has any of the labels {', '.join(listing.classes)}; "
@@ -246,7 +264,7 @@ class ImageFilesDataModule(MedicalImageDataModule):
         index = {c: k for k, c in enumerate(classes)}
         with_patients = any(i.patient for i in items)
         splits = {}
-        for s in SPLITS:
+        for s in [s for s in (*SPLITS, "all") if any(i.split == s for i in items)]:  # "all": kept whole
             part = [i for i in items if i.split == s]
             if multilabel:
                 targets = np.array([i.targets for i in part], dtype=np.float32).reshape(
@@ -261,7 +279,7 @@ class ImageFilesDataModule(MedicalImageDataModule):
                 patients=[i.patient for i in part] if with_patients else None,
             )
         used = [facts[i.path] for i in items]
-        channels = 1 if all(f.gray for f in used) else 3
+        channels = self.model_channels or (1 if all(f.gray for f in used) else 3)
         heights, widths = [f.height for f in used], [f.width for f in used]
         self.cache_in_ram(splits, used, channels)
         return SplitData(
@@ -288,12 +306,12 @@ class ImageFilesDataModule(MedicalImageDataModule):
                 self.cache_limit_gb,
             )
             return
-        paths = [p for s in SPLITS for p in splits[s].paths]
+        paths = [p for s in splits for p in splits[s].paths]
         options = self.decode_options()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             images = list(pool.map(lambda p: read_image(p, channels, **options), paths))
         start = 0
-        for s in SPLITS:
+        for s in splits:
             splits[s].images = images[start : start + len(splits[s])]
             start += len(splits[s])
         log.info(
