@@ -53,18 +53,19 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
 def test_disk_full_while_writing_last_ckpt_keeps_the_previous_one(train_config, monkeypatch):
     cfg = train_config("trainer.max_epochs=2", "test=false", *FAST)
     run = Path(cfg.paths.output_dir)
-    real_write = checkpoint_io.atomic_write_bytes
+    real_write = checkpoint_io.atomic_write_with
     writes = []
 
-    def disk_full_on_second_last(path, data):
+    def disk_full_on_second_last(path, write):
         writes.append(Path(path).name)
-        if writes.count("last.ckpt") == 2:  # epoch 1: half the file, then the disk is full
+        if writes.count("last.ckpt") == 2:  # epoch 1: part of the file, then the disk is full
             with atomic_open(path, "wb") as f:
-                f.write(bytes(data[: len(data) // 2]))
+                write(f)
+                f.truncate(f.tell() // 2)
                 raise OSError(errno.ENOSPC, "No space left on device")
-        return real_write(path, data)
+        return real_write(path, write)
 
-    monkeypatch.setattr(checkpoint_io, "atomic_write_bytes", disk_full_on_second_last)
+    monkeypatch.setattr(checkpoint_io, "atomic_write_with", disk_full_on_second_last)
     with pytest.raises(SystemExit) as exit_info:
         run_job(lambda: train(cfg), run)
     assert exit_info.value.code == 2  # a user error: a short message, no traceback

@@ -15,13 +15,11 @@ import math
 from pathlib import Path
 
 import lightning as L
-import matplotlib.pyplot as plt
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from medtransfer.evaluation.explanations import check_method, heatmaps, overlay
-from medtransfer.evaluation.plots import overlay_grid_figure
+from medtransfer.evaluation.plots import overlay_grid_figure, save_figure
 from medtransfer.models.checkpoint import best_model, best_validation_outputs
 from medtransfer.utils.errors import ConfigError
 
@@ -51,15 +49,11 @@ class ExplanationGrid(L.Callback):
             fig = self.figure(model, trainer.datamodule, model.device, logits)
         if fig is None:
             return
+        path = None
         if self.output_dir is not None:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            fig.savefig(self.output_dir / "explanations.png", dpi=110)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_figure(
-                    "val/explanations", fig, global_step=trainer.global_step, close=False
-                )
-        plt.close(fig)
+            path = self.output_dir / "explanations.png"
+        save_figure(fig, path, trainer.loggers, "val/explanations", trainer.global_step, dpi=110)
 
     def scan(self, model, logits: torch.Tensor) -> tuple[list[int], torch.Tensor]:
         """Validation indices in the seeded order and the deployed model's probabilities of them, from the

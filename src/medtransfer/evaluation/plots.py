@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import matplotlib
 
@@ -158,3 +159,24 @@ def roc_curves_figure(curves: dict[str, tuple], title: str = "ROC curves"):
     ax.legend(loc="lower right", fontsize=7, title="AUROC", title_fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def save_figure(
+    fig, path: str | Path | None, loggers: Iterable = (), tag: str = "", step: int = 0, dpi: int = 120
+):
+    """Render `fig` once at `dpi` and write that image to `path` (PNG) and to every TensorBoard logger
+    under `tag` (savefig then add_figure would draw it twice); the figure is closed."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    fig.set_dpi(dpi)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    if path is not None:
+        Image.fromarray(rgb).save(path, optimize=False)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(tag, rgb, global_step=step, dataformats="HWC")
+    plt.close(fig)

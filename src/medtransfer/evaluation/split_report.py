@@ -16,7 +16,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger
 from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
 
 from medtransfer.evaluation.calibration import (
@@ -38,6 +38,7 @@ from medtransfer.evaluation.plots import (
     pr_figure,
     reliability_figure,
     roc_figure,
+    save_figure,
 )
 from medtransfer.utils.atomic_write import atomic_write_json, atomic_write_text
 
@@ -189,11 +190,6 @@ def evaluation_report(
         if output_dir is not None:
             write_per_class_report(model, probs, targets, split, output_dir)
     for name, fig in figs.items():
-        if output_dir is not None:
-            fig.savefig(output_dir / f"{name}.png", dpi=120)
-        for logger in loggers:
-            if isinstance(logger, TensorBoardLogger):
-                tag = f"{split}/{name.removesuffix('_' + split)}"
-                logger.experiment.add_figure(tag, fig, global_step=step, close=False)
-        plt.close(fig)
+        path = output_dir / f"{name}.png" if output_dir is not None else None
+        save_figure(fig, path, loggers, f"{split}/{name.removesuffix('_' + split)}", step)
     return metrics

@@ -7,7 +7,6 @@ instantiating a stored `_target_`."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import torch
 
 from medtransfer.models.classifier import CHECKPOINT_FORMAT, Classifier
-from medtransfer.utils.atomic_write import atomic_write_bytes
+from medtransfer.utils.atomic_write import atomic_write_with
 from medtransfer.utils.checkpoint_io import load_checkpoint_file
 from medtransfer.utils.errors import ConfigError
 
@@ -87,9 +86,7 @@ def add_to_checkpoint(ckpt_path: str | Path, **entries) -> None:
     path = Path(ckpt_path)
     checkpoint = load_checkpoint_file(path, key="ckpt_path")
     checkpoint.setdefault("medtransfer", {}).update(entries)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    atomic_write_bytes(path, buffer.getbuffer())
+    atomic_write_with(path, lambda f: torch.save(checkpoint, f))
 
 
 @contextmanager

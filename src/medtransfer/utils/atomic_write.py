@@ -94,13 +94,6 @@ def atomic_open(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterat
     _fsync_dir(path.parent)
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> int:
-    """Write `data` to `path` atomically; returns the number of bytes written. Raises RunFileWriteError."""
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-    return len(data)
-
-
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` (UTF-8) to `path` atomically. Raises RunFileWriteError."""
     with atomic_open(path, "w", encoding="utf-8") as f:

@@ -15,7 +15,6 @@ over the old one (utils/atomic_write.py), so a crash or a full disk leaves the p
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import pickle
 import re
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from medtransfer.utils.atomic_write import atomic_write_bytes
+from medtransfer.utils.atomic_write import atomic_write_with
 from medtransfer.utils.errors import ConfigError
 
 UNSAFE_LOAD_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -157,9 +156,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{self.__class__.__name__} takes no storage_options")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        size = atomic_write_bytes(path, buffer.getbuffer())
+        size = atomic_write_with(path, lambda f: torch.save(checkpoint, f))  # no copy in memory first
         self.writes.append((str(path), size))
 
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
