@@ -10,7 +10,7 @@ import errno
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -111,13 +111,3 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int = 2) -> None:
     """`json.dumps(obj)` into `path` atomically (serialised first: a value JSON cannot hold raises
     TypeError before the file is touched). Raises RunFileWriteError."""
     atomic_write_text(path, json.dumps(obj, indent=indent))
-
-
-def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], None]) -> int:
-    """Call `write(f)` on a binary file that replaces `path` atomically when it returns (e.g.
-    `lambda f: torch.save(obj, f)`); returns the bytes written. Raises RunFileWriteError."""
-    with atomic_open(path, "wb") as f:
-        write(f)
-        f.flush()
-        size = f.tell()
-    return size
