@@ -7,33 +7,31 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from medtransfer.utils.atomic_write import atomic_open
 
 
 def per_class_rows(predictions, targets, class_names: Sequence[str]) -> list[dict]:
     """One row per true class: precision, recall, F1 (0 where undefined), support, and how many of its
     images went to each predicted class."""
-    predictions, targets = np.asarray(predictions), np.asarray(targets)
-    n = len(class_names)
-    matrix = np.bincount(targets * n + predictions, minlength=n * n).reshape(n, n)
-    rows = []
-    for k, name in enumerate(class_names):
-        tp, predicted, support = matrix[k, k], matrix[:, k].sum(), matrix[k].sum()
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        row = {
+    # scikit-learn comes with grad-cam (explanations.py); imported here, where it is used, as grad-cam does
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    labels = list(range(len(class_names)))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, predictions, labels=labels, zero_division=0
+    )
+    matrix = confusion_matrix(targets, predictions, labels=labels)
+    return [
+        {
             "class": name,
-            "precision": float(precision),
-            "recall": float(recall),
-            "f1": float(f1),
-            "support": int(support),
+            "precision": float(precision[k]),
+            "recall": float(recall[k]),
+            "f1": float(f1[k]),
+            "support": int(support[k]),
+            **{f"predicted {c}": int(matrix[k, j]) for j, c in enumerate(class_names)},
         }
-        row.update({f"predicted {c}": int(matrix[k, j]) for j, c in enumerate(class_names)})
-        rows.append(row)
-    return rows
+        for k, name in enumerate(class_names)
+    ]
 
 
 def write_csv(rows: list[dict], path: str | Path) -> None:
