@@ -53,14 +53,11 @@ def collect(multirun_dir: str | Path) -> list[dict]:
     rows = []
     for job in job_dirs(Path(multirun_dir)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        config = (
-            yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-            if (job / ".hydra" / "config.yaml").is_file()
-            else {}
-        )
+        config_file = job / ".hydra" / "config.yaml"
+        config = (yaml.safe_load(config_file.read_text()) if config_file.is_file() else None) or {}
         status = _read_json(job / "status.json")
         metrics = _read_json(job / "metrics.json")
-        optimized = (config or {}).get("optimized_metric", "val/auroc")
+        optimized = config.get("optimized_metric", "val/auroc")
         row = {
             "job": job.name,
             "overrides": " ".join(overrides),
