@@ -158,14 +158,10 @@ def command_line_lock(args: Sequence[str]) -> Iterator[None]:
     if target is None:
         yield
         return
-    directory, what = target
-    try:
-        lock = run_dir_lock(directory, what)
-        lock.__enter__()
-    except RunDirInUseError as err:
-        print_error(str(err))
-        raise SystemExit(2) from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_dir_lock(*target))
+        except RunDirInUseError as err:
+            print_error(str(err))
+            raise SystemExit(2) from None
         yield
-    finally:
-        lock.__exit__(None, None, None)
