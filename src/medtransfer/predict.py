@@ -156,76 +156,60 @@ def predict(
         eval_transform(prep["image_size"], prep["mean"], prep["std"]),
         decode_options,
     )
-    workers = (
-        default_num_workers(on_gpu=False) if num_workers == "auto" else int(num_workers)
-    )  # the model runs on the CPU
+    workers = default_num_workers(on_gpu=False) if num_workers == "auto" else int(num_workers)  # on the CPU
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=min(workers, max(0, len(paths) // batch_size))
     )
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     explanations_dir = output.parent / "explanations"
-    all_probs, all_predicted, overlays, explained_labels, spreads = [], [], [], [], []
+    names, multilabel = model.class_names, model.task.multilabel
+    rows = {path: {"path": path, "error": f.reason} for path, f in bad.items()}
+    images = iter(paths)
     for x, _ in loader:
         with torch.inference_mode():
             if averaged:
                 stack = torch.stack([m.probabilities(VIEWS[v](x)) for m in members for v in views])
                 probs = stack.mean(0)
-                spreads.append(uncertainty(stack, model.task.multilabel))
+                spread = uncertainty(stack, multilabel).tolist()
             else:
                 probs = model.probabilities(x)
         predicted = model.decide(probs)
-        all_probs.append(probs)
-        all_predicted.append(predicted)
         if explain:  # the heatmap of the explained class, over the original image (its own size)
-            start = len(overlays)  # one overlay per image so far
             targets = explain_targets(model, probs, predicted, explained)
-            explained_labels += [model.class_names[t] for t in targets]
             maps = heatmaps(model, x, targets, explain_method)
-            for path, heat in zip(paths[start : start + len(x)], maps, strict=True):
+        for i, (p, decision) in enumerate(zip(probs.tolist(), predicted.tolist(), strict=True)):
+            path = next(images)
+            row = rows[path] = {
+                "path": path,
+                "prediction": prediction_text(model, decision),
+                **{f"prob_{c}": f"{v:.6f}" for c, v in zip(names, p, strict=True)},
+            }
+            if multilabel:
+                row.update({f"pred_{c}": d for c, d in zip(names, decision, strict=True)})
+            if averaged:
+                row["uncertainty"] = f"{spread[i]:.6f}"
+            if explain:
                 target = overlay_path(path, input_path, explanations_dir)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(overlay(read_image(path, 3, **decode_options), heat)).save(target)
-                overlays.append(str(target))
-    probs = torch.cat(all_probs).numpy()
-    predicted = torch.cat(all_predicted).tolist()
-    spread = torch.cat(spreads).tolist() if averaged else []
-    multilabel = model.task.multilabel
-    rows = {
-        path: [
-            path,
-            prediction_text(model, predicted[i]),
-            *[f"{v:.6f}" for v in p],
-            *(predicted[i] if multilabel else []),
-            *([f"{spread[i]:.6f}"] if averaged else []),
-            *([overlays[i]] if explain else []),
-            *([explained_labels[i]] if explain and multilabel else []),
-            *([""] if bad else []),
-        ]
-        for i, (path, p) in enumerate(zip(paths, probs, strict=True))
-    }
-    blank = [""] * (
-        1
-        + len(model.class_names) * (2 if multilabel else 1)
-        + int(averaged)
-        + int(explain) * (2 if multilabel else 1)
-    )
-    rows.update({path: [path, *blank, f.reason] for path, f in bad.items()})
+                Image.fromarray(overlay(read_image(path, 3, **decode_options), maps[i])).save(target)
+                row["explanation"] = str(target)
+                if multilabel:
+                    row["explained_label"] = names[targets[i]]
+    columns = [
+        "path",
+        "prediction",
+        *[f"prob_{c}" for c in names],
+        *([f"pred_{c}" for c in names] if multilabel else []),
+        *(["uncertainty"] if averaged else []),
+        *(["explanation"] if explain else []),
+        *(["explained_label"] if explain and multilabel else []),
+        *(["error"] if bad else []),
+    ]
     # written whole, after every prediction; names that are not UTF-8 as their bytes (surrogateescape)
     with atomic_open(output, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "path",
-                "prediction",
-                *[f"prob_{c}" for c in model.class_names],
-                *([f"pred_{c}" for c in model.class_names] if multilabel else []),
-                *(["uncertainty"] if averaged else []),
-                *(["explanation"] if explain else []),
-                *(["explained_label"] if explain and multilabel else []),
-                *(["error"] if bad else []),
-            ]
-        )
+        writer = csv.DictWriter(f, columns, restval="")
+        writer.writeheader()
         writer.writerows(rows[path] for path in sorted(rows))
     settings = {
         "checkpoint": str(ckpt_paths[0]) if len(ckpt_paths) == 1 else [str(c) for c in ckpt_paths],

@@ -53,14 +53,11 @@ def collect(multirun_dir: str | Path) -> list[dict]:
     rows = []
     for job in job_dirs(Path(multirun_dir)):
         overrides = yaml.safe_load((job / ".hydra" / "overrides.yaml").read_text()) or []
-        config = (
-            yaml.safe_load((job / ".hydra" / "config.yaml").read_text())
-            if (job / ".hydra" / "config.yaml").is_file()
-            else {}
-        )
+        config_file = job / ".hydra" / "config.yaml"
+        config = (yaml.safe_load(config_file.read_text()) if config_file.is_file() else None) or {}
         status = _read_json(job / "status.json")
         metrics = _read_json(job / "metrics.json")
-        optimized = (config or {}).get("optimized_metric", "val/auroc")
+        optimized = config.get("optimized_metric", "val/auroc")
         row = {
             "job": job.name,
             "overrides": " ".join(overrides),
@@ -112,13 +109,11 @@ def problems(rows: list[dict]) -> list[str]:
 
 
 def markdown(rows: list[dict], keys: list[str]) -> str:
-    columns = ["job", *keys, "status", *COLUMNS]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in rows]
+    text = table_markdown(rows, ["job", *keys, "status", *COLUMNS])
     listed = problems(rows)
     if listed:
-        lines += ["", "Jobs without a result:", "", *[f"- {line}" for line in listed]]
-    return "\n".join(lines) + "\n"
+        text += "\n".join(["", "Jobs without a result:", "", *[f"- {line}" for line in listed]]) + "\n"
+    return text
 
 
 def _short(value) -> str:
@@ -375,11 +370,8 @@ def _interval(row: dict) -> str:
 
 
 def _cv_markdown(setting: str, table: list[dict], notes: list[str]) -> list[str]:
-    columns = ["fold", "job", "status", *CV_METRICS]
-    lines = [f"## {setting}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += [
-        "| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in table if r["fold"] != "pooled"
-    ]
+    folds = [r for r in table if r["fold"] != "pooled"]
+    lines = [f"## {setting}", "", *table_markdown(folds, ["fold", "job", "status", *CV_METRICS]).splitlines()]
     pooled = next((r for r in table if r["fold"] == "pooled"), None)
     if pooled:
         lines += [
@@ -472,12 +464,13 @@ def summary_table(groups: list[dict]) -> list[dict]:
     return table
 
 
-def table_markdown(table: list[dict]) -> str:
+def table_markdown(table: list[dict], columns: list[str] | None = None) -> str:
+    """A Markdown table of the rows' `columns` (default: the first row's keys), cells as `_cell` writes them."""
     if not table:
         return "(no completed job)\n"
-    columns = list(table[0])
+    columns = columns or list(table[0])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(r[c]) for c in columns) + " |" for r in table]
+    lines += ["| " + " | ".join(_cell(r.get(c)) for c in columns) + " |" for r in table]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ of softmax(logits / T). T > 1 softens an over-confident model; argmax and AUROC 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -49,20 +50,27 @@ def scaled_probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torc
     return (logits.float() / temperature).softmax(dim=1)
 
 
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
-    """The temperature minimising the NLL of softmax(logits / T) on (logits, targets), found with L-BFGS
-    on log T (so T stays positive), within TEMPERATURE_BOUNDS."""
-    logits = logits.detach().double().cpu()
-    targets = targets.detach().long().cpu()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+def fit_log_temperature(
+    loss: Callable[[torch.Tensor], torch.Tensor], shape, max_iter: int = 100
+) -> torch.Tensor:
+    """The temperatures T (float64, of `shape`: () for one, (L,) for one per label) minimising `loss(T)`,
+    found with L-BFGS on log T (so T stays positive), within TEMPERATURE_BOUNDS."""
+    log_t = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
     lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
 
     def closure():
         optimizer.zero_grad()
-        loss = F.cross_entropy(logits / log_t.clamp(lo, hi).exp(), targets)
-        loss.backward()
-        return loss
+        value = loss(log_t.clamp(lo, hi).exp())
+        value.backward()
+        return value
 
     optimizer.step(closure)
-    return float(log_t.detach().clamp(lo, hi).exp())
+    return log_t.detach().clamp(lo, hi).exp()
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> float:
+    """The temperature minimising the NLL of softmax(logits / T) on (logits, targets)."""
+    logits = logits.detach().double().cpu()
+    targets = targets.detach().long().cpu()
+    return float(fit_log_temperature(lambda t: F.cross_entropy(logits / t, targets), (), max_iter))

@@ -8,6 +8,8 @@ resampled images, thousands of times faster than a loop."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc, multiclass_auroc
@@ -53,6 +55,24 @@ def resampled_auroc(probs: torch.Tensor, targets: torch.Tensor, counts: torch.Te
     return torch.stack(per_class).mean(dim=0)  # NaN when a present class is missing from a resample
 
 
+def resample_counts(n: int, samples: int, seed: int) -> Iterator[torch.Tensor]:
+    """`samples` resamples of n images with replacement (seeded), CHUNK at a time: (resamples, n) float64,
+    how often each image was drawn."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, samples, CHUNK):
+        draws = torch.from_numpy(rng.integers(0, n, size=(min(CHUNK, samples - start), n)))
+        yield torch.zeros(len(draws), n, dtype=torch.float64).scatter_add_(
+            1, draws, torch.ones(draws.shape, dtype=torch.float64)
+        )
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """The central `level` percentile interval of the finite values (None when there is none)."""
+    values = values[np.isfinite(values)]
+    tail = 100 * (1 - level) / 2
+    return tuple(float(v) for v in np.percentile(values, [tail, 100 - tail])) if len(values) else None
+
+
 def bootstrap_intervals(
     probs: torch.Tensor,
     targets: torch.Tensor,
@@ -66,20 +86,13 @@ def bootstrap_intervals(
         return {}
     probs, targets = probs.float().cpu(), targets.long().cpu()
     n = len(targets)
-    rng = np.random.default_rng(seed)
     correct = (probs.argmax(dim=1) == targets).double()
     accuracies, aurocs = [], []
-    for start in range(0, samples, CHUNK):
-        draws = torch.from_numpy(rng.integers(0, n, size=(min(CHUNK, samples - start), n)))
-        counts = torch.zeros(len(draws), n, dtype=torch.float64).scatter_add_(
-            1, draws, torch.ones(draws.shape, dtype=torch.float64)
-        )
+    for counts in resample_counts(n, samples, seed):
         accuracies.append((counts @ correct) / n)
         aurocs.append(resampled_auroc(probs, targets, counts))
-    accuracies, aurocs = torch.cat(accuracies).numpy(), torch.cat(aurocs).numpy()
-    aurocs = aurocs[~np.isnan(aurocs)]
-    tail = 100 * (1 - level) / 2
-    intervals = {"acc": tuple(float(v) for v in np.percentile(accuracies, [tail, 100 - tail]))}
-    if len(aurocs):
-        intervals["auroc"] = tuple(float(v) for v in np.percentile(aurocs, [tail, 100 - tail]))
+    intervals = {"acc": percentile_interval(torch.cat(accuracies).numpy(), level)}
+    auroc_interval = percentile_interval(torch.cat(aurocs).numpy(), level)
+    if auroc_interval:
+        intervals["auroc"] = auroc_interval
     return intervals

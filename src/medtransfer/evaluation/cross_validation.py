@@ -73,13 +73,8 @@ def read_predictions(path: str | Path) -> Predictions:
             f"{path}: not a predictions file (its header is {header}); it is written by training with data.folds."
         )
     if multilabel:
-        targets = torch.tensor(
-            [
-                [float(r[f"target_{c}"]) if r[f"target_{c}"] != "" else math.nan for c in class_names]
-                for r in rows
-            ],
-            dtype=torch.float32,
-        ).reshape(len(rows), len(class_names))
+        cells = [[float(r[f"target_{c}"] or "nan") for c in class_names] for r in rows]  # empty: unknown
+        targets = torch.tensor(cells, dtype=torch.float32).reshape(len(rows), len(class_names))
     else:
         targets = torch.tensor([int(r["target"]) for r in rows], dtype=torch.int64)
     probs = torch.tensor(

@@ -78,9 +78,7 @@ def overlay(image: np.ndarray | torch.Tensor, heatmap: np.ndarray, image_weight:
 
     if isinstance(image, torch.Tensor):
         image = image.permute(1, 2, 0).cpu().numpy() if image.ndim == 3 else image.cpu().numpy()
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[..., None]
+    image = np.atleast_3d(image)  # (H, W) -> (H, W, 1)
     if image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
     height, width = image.shape[:2]

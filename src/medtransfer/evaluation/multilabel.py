@@ -11,7 +11,6 @@ read from the data, or uncertain); an unknown value is left out of every loss an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -25,8 +24,12 @@ from torchmetrics.functional.classification import (
 )
 from torchmetrics.utilities import dim_zero_cat
 
-from medtransfer.evaluation.calibration import ECE_BINS, TEMPERATURE_BOUNDS
-from medtransfer.evaluation.confidence_intervals import CHUNK, weighted_binary_auroc
+from medtransfer.evaluation.calibration import ECE_BINS, fit_log_temperature
+from medtransfer.evaluation.confidence_intervals import (
+    percentile_interval,
+    resample_counts,
+    weighted_binary_auroc,
+)
 from medtransfer.evaluation.operating_point import choose_threshold, rates_at_threshold
 
 DEFAULT_THRESHOLD = 0.5  # a label whose threshold could not be fitted (one class on validation)
@@ -140,27 +143,18 @@ class MultilabelMetrics(Metric):
 # ------------------------------------------------------------------ fitted on validation
 def fit_temperatures(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 100) -> list[float]:
     """One temperature per label minimising the BCE of sigmoid(logits / T_k) on the label's known entries
-    (L-BFGS on log T, within TEMPERATURE_BOUNDS); 1 for a label with no known entry."""
+    (`fit_log_temperature`); 1 for a label with no known entry."""
     logits = logits.detach().double().cpu()
     targets = targets.detach().double().cpu()
     mask = known(targets)
     counts = mask.sum(0).clamp(min=1)
-    log_t = torch.zeros(logits.shape[1], dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-    lo, hi = (math.log(b) for b in TEMPERATURE_BOUNDS)
     filled = torch.where(mask, targets, torch.zeros_like(targets))
 
-    def closure():
-        optimizer.zero_grad()
-        losses = F.binary_cross_entropy_with_logits(
-            logits / log_t.clamp(lo, hi).exp(), filled, reduction="none"
-        )
-        loss = (torch.where(mask, losses, torch.zeros_like(losses)).sum(0) / counts).sum()  # labels apart
-        loss.backward()
-        return loss
+    def loss(temperatures: torch.Tensor) -> torch.Tensor:
+        losses = F.binary_cross_entropy_with_logits(logits / temperatures, filled, reduction="none")
+        return (torch.where(mask, losses, torch.zeros_like(losses)).sum(0) / counts).sum()  # labels apart
 
-    optimizer.step(closure)
-    return [float(t) for t in log_t.detach().clamp(lo, hi).exp()]
+    return fit_log_temperature(loss, logits.shape[1], max_iter).tolist()
 
 
 def fit_thresholds(
@@ -182,14 +176,7 @@ def fit_thresholds(
             not_fitted.append(name)
             threshold = DEFAULT_THRESHOLD
         thresholds[name] = threshold
-        sensitivity[name], specificity[name] = (
-            rates_at_threshold(scores, y, threshold)
-            if len(y)
-            else (
-                float("nan"),
-                float("nan"),
-            )
-        )
+        sensitivity[name], specificity[name] = rates_at_threshold(scores, y, threshold)  # NaN without images
     return {
         "rule": rule,
         "target_sensitivity": float(target_sensitivity) if rule == "sensitivity" else None,
@@ -220,33 +207,22 @@ def bootstrap_label_intervals(
     n, num_labels = targets.shape
     mask = known(targets)
     defined = np.isfinite(per_label_auroc(probs, targets))
-    rng = np.random.default_rng(seed)
     per_label = [[] for _ in range(num_labels)]
-    for start in range(0, samples, CHUNK):
-        draws = torch.from_numpy(rng.integers(0, n, size=(min(CHUNK, samples - start), n)))
-        counts = torch.zeros(len(draws), n, dtype=torch.float64).scatter_add_(
-            1, draws, torch.ones(draws.shape, dtype=torch.float64)
-        )
+    for counts in resample_counts(n, samples, seed):
         for k in range(num_labels):
             keep = mask[:, k]
             per_label[k].append(
                 weighted_binary_auroc(probs[keep, k], targets[keep, k] == 1, counts[:, keep]).numpy()
             )
     values = np.stack([np.concatenate(v) for v in per_label], axis=1)  # (samples, L)
-    tail = 100 * (1 - level) / 2
-
-    def interval(x: np.ndarray) -> tuple[float, float] | None:
-        x = x[np.isfinite(x)]
-        return tuple(float(v) for v in np.percentile(x, [tail, 100 - tail])) if len(x) else None
-
-    label_intervals = [interval(values[:, k]) for k in range(num_labels)]
+    label_intervals = [percentile_interval(values[:, k], level) for k in range(num_labels)]
     macro_interval = None
     if defined.any():
         chosen = values[:, defined]
         present = np.isfinite(chosen)
         # the mean over the labels defined in each resample (NaN for a resample where none is)
         means = np.where(present, chosen, 0.0).sum(1) / np.where(present.any(1), present.sum(1), np.nan)
-        macro_interval = interval(means)
+        macro_interval = percentile_interval(means, level)
     return label_intervals, macro_interval
 
 

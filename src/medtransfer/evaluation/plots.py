@@ -40,14 +40,6 @@ def confusion_matrix_figure(matrix: np.ndarray, class_names: Sequence[str], titl
     return fig
 
 
-def confusion_matrix(probs, targets, num_classes: int, predictions=None) -> np.ndarray:
-    """Counts per (true, predicted) class; `predictions` default to the class with the highest probability."""
-    preds = np.asarray(probs).argmax(axis=1) if predictions is None else np.asarray(predictions)
-    return np.bincount(np.asarray(targets) * num_classes + preds, minlength=num_classes**2).reshape(
-        num_classes, num_classes
-    )
-
-
 def _finish_curve(fig, ax, threshold_point, xlabel: str, ylabel: str, title: str, legend: str):
     """The operating point (x, y, threshold), labels and unit axes shared by the ROC and PR figures."""
     if threshold_point is not None:

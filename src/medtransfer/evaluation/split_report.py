@@ -17,7 +17,11 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 from lightning.pytorch.loggers import Logger
-from torchmetrics.functional.classification import binary_precision_recall_curve, binary_roc
+from torchmetrics.functional.classification import (
+    binary_precision_recall_curve,
+    binary_roc,
+    multiclass_confusion_matrix,
+)
 
 from medtransfer.evaluation.calibration import (
     expected_calibration_error,
@@ -33,7 +37,6 @@ from medtransfer.evaluation.multilabel_report import (
 from medtransfer.evaluation.operating_point import rates_at_threshold
 from medtransfer.evaluation.per_class_report import per_class_rows, to_markdown, write_csv
 from medtransfer.evaluation.plots import (
-    confusion_matrix,
     confusion_matrix_figure,
     pr_figure,
     reliability_figure,
@@ -81,9 +84,7 @@ def figures(model, probs, targets, logits, split: str, metrics: dict[str, float]
     and pr_curve. `metrics`: what report_metrics computed (the ECEs and the rates at the threshold are not
     computed again)."""
     names = model.class_names
-    matrix = confusion_matrix(
-        probs.numpy(), targets.numpy(), len(names), predictions=model.decide(probs).numpy()
-    )
+    matrix = multiclass_confusion_matrix(model.decide(probs), targets, len(names)).numpy()
     out = {
         f"confusion_matrix_{split}": confusion_matrix_figure(matrix, names, title=f"{split} confusion matrix")
     }

@@ -27,7 +27,20 @@ def check_task(task: str | None, key: str = "data.task") -> None:
         )
 
 
-class SingleLabel:
+class _Task:
+    """What both kinds share: logits over the temperature (a number, or one per output), then the
+    subclass's activation."""
+
+    def scale(self, logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+        if isinstance(temperature, torch.Tensor):
+            temperature = temperature.to(logits.device)
+        return logits.float() / temperature
+
+    def probabilities(self, logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
+        return self.activation(self.scale(logits, temperature))
+
+
+class SingleLabel(_Task):
     """binary | multiclass: softmax over the classes; the decision is the most probable class, or for
     binary tasks with a fitted threshold, class 1 at probability ≥ threshold."""
 
@@ -36,14 +49,8 @@ class SingleLabel:
     def __init__(self, name: str):
         self.name = name
 
-    def scale(self, logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
-        return logits.float() / temperature
-
     def activation(self, scaled_logits: torch.Tensor) -> torch.Tensor:
         return scaled_logits.softmax(dim=1)
-
-    def probabilities(self, logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
-        return self.activation(self.scale(logits, temperature))
 
     def loss(self, logits, targets, weight=None, label_smoothing: float = 0.0, pos_weight=None):
         return F.cross_entropy(logits, targets, weight=weight, label_smoothing=label_smoothing)
@@ -61,23 +68,15 @@ class SingleLabel:
         return (probs[:, 1] >= threshold).long()
 
 
-class MultiLabel:
+class MultiLabel(_Task):
     """multilabel: one sigmoid per label; a label is predicted at probability ≥ its threshold (fitted on
     validation per label, 0.5 until then). Unknown targets (NaN) are masked out of the loss."""
 
     multilabel = True
     name = "multilabel"
 
-    def scale(self, logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
-        if isinstance(temperature, torch.Tensor):
-            temperature = temperature.to(logits.device)
-        return logits.float() / temperature
-
     def activation(self, scaled_logits: torch.Tensor) -> torch.Tensor:
         return scaled_logits.sigmoid()
-
-    def probabilities(self, logits: torch.Tensor, temperature: float | torch.Tensor = 1.0) -> torch.Tensor:
-        return self.activation(self.scale(logits, temperature))
 
     def loss(self, logits, targets, weight=None, label_smoothing: float = 0.0, pos_weight=None):
         return masked_bce_with_logits(logits, targets, pos_weight=pos_weight, label_smoothing=label_smoothing)

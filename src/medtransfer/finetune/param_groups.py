@@ -29,17 +29,9 @@ def param_groups(groups: Mapping[str, Sequence[nn.Module]], lr_scales: Mapping[s
     out = []
     for name, modules in groups.items():
         decay, no_decay = split_weight_decay(modules)
-        if decay:
-            out.append({"params": decay, "name": name, "lr_scale": lr_scales[name]})
-        if no_decay:
-            out.append(
-                {
-                    "params": no_decay,
-                    "name": f"{name}/no_decay",
-                    "lr_scale": lr_scales[name],
-                    "weight_decay": 0.0,
-                }
-            )
+        for params, suffix, options in ((decay, "", {}), (no_decay, "/no_decay", {"weight_decay": 0.0})):
+            if params:
+                out.append({"params": params, "name": name + suffix, "lr_scale": lr_scales[name], **options})
     return out
 
 

@@ -32,13 +32,6 @@ RESNETS = (
 DOWNLOAD_TIMEOUT_S = 20
 
 
-def _check_name(name: str) -> None:
-    if name not in RESNETS:
-        raise ConfigError(
-            f"model.backbone={name!r} is not a supported ResNet; choose one of {', '.join(RESNETS)}."
-        )
-
-
 def is_local_weights(weights: str | None) -> bool:
     return weights is not None and (
         os.sep in str(weights) or Path(str(weights)).suffix in {".pt", ".pth", ".ckpt"}
@@ -223,7 +216,10 @@ def build_backbone(name: str, weights: str | None = None, in_channels: int = 3) 
     to a state dict or a checkpoint: a medtransfer one (whose head is dropped), or one saved by
     DataParallel or self-supervised training (prefixes such as `module.encoder_q.` are stripped and
     reported, see `match_state_dict`). Raises ConfigError for weights that do not fit, naming the keys."""
-    _check_name(name)
+    if name not in RESNETS:
+        raise ConfigError(
+            f"model.backbone={name!r} is not a supported ResNet; choose one of {', '.join(RESNETS)}."
+        )
     net = torchvision.models.get_model(name, weights=None)
     if weights is not None:
         if is_local_weights(weights):

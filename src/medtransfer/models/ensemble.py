@@ -59,12 +59,8 @@ def checkpoint_paths(ckpt_path, top_k: int | None = None, metric: str | None = N
     or a sweep / cross-validation dir (every <job>/checkpoints/best.ckpt below it, in job order). top_k:
     keep the k jobs best by their metrics.json's `<metric>_best` (the optimized metric, e.g. val/auroc).
     ConfigError when nothing is found."""
-    given = (
-        list(ckpt_path)
-        if isinstance(ckpt_path, list | tuple)
-        or (hasattr(ckpt_path, "__iter__") and not isinstance(ckpt_path, str | Path))
-        else [ckpt_path]
-    )
+    several = hasattr(ckpt_path, "__iter__") and not isinstance(ckpt_path, str | Path)  # a list, a ListConfig
+    given = list(ckpt_path) if several else [ckpt_path]
     paths: list[Path] = []
     for item in given:
         path = Path(str(item)).expanduser()
@@ -180,27 +176,16 @@ def uncertainty(stack: torch.Tensor, multilabel: bool) -> torch.Tensor:
 
 def predict_views(
     members: Sequence[Classifier], loader, views: Sequence[str], device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(probs (N, C) averaged over members × views, targets, stack (M·V, N, C) of each member's
-    probabilities in each view). With one member and the identity view only, probs are exactly the
-    member's (nothing averaged) and stack is None; the caller then keeps the member's own logits."""
+    probabilities in each view)."""
     stack, targets = [], None
     for model in members:
         model.to(device)
         for name in views:
-            logits, targets = model.collect_logits(_ViewLoader(loader, VIEWS[name]))
+            view = VIEWS[name]
+            logits, targets = model.collect_logits((view(x), y) for x, y in loader)
             stack.append(model.probabilities_of(logits))
         model.cpu()
     stack_t = torch.stack(stack)
     return stack_t.mean(0), targets, stack_t
-
-
-class _ViewLoader:
-    """A loader's (x, y) batches with x replaced by a view of it."""
-
-    def __init__(self, loader, view: Callable[[torch.Tensor], torch.Tensor]):
-        self.loader, self.view, self.batch_size = loader, view, getattr(loader, "batch_size", None)
-
-    def __iter__(self):
-        for x, y in self.loader:
-            yield self.view(x), y

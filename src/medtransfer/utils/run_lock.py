@@ -34,10 +34,6 @@ class RunDirInUseError(ConfigError):
     """The run directory is locked by another live run."""
 
 
-def _me() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -88,7 +84,7 @@ def run_dir_lock(directory: str | Path, what: str = "run") -> Iterator[None]:
     names the directory, the owner (pid, host, start time, command) and the fix."""
     directory = Path(directory).expanduser().resolve()
     lock = directory / LOCK_NAME
-    owner = os.environ.get(OWNER_ENV) or _me()
+    owner = os.environ.get(OWNER_ENV) or f"{socket.gethostname()}:{os.getpid()}"
     held = read_lock(directory)
     if held and held.get("owner") == owner:
         yield  # ours already: this process, or the job that started this one (a DDP rank)
@@ -162,14 +158,10 @@ def command_line_lock(args: Sequence[str]) -> Iterator[None]:
     if target is None:
         yield
         return
-    directory, what = target
-    try:
-        lock = run_dir_lock(directory, what)
-        lock.__enter__()
-    except RunDirInUseError as err:
-        print_error(str(err))
-        raise SystemExit(2) from None
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_dir_lock(*target))
+        except RunDirInUseError as err:
+            print_error(str(err))
+            raise SystemExit(2) from None
         yield
-    finally:
-        lock.__exit__(None, None, None)

@@ -176,15 +176,13 @@ def job_in_run_dir(cfg: DictConfig) -> Iterator[float | None]:
     from medtransfer.utils.console import print_error
     from medtransfer.utils.run_lock import run_dir_lock
 
-    stack = contextlib.ExitStack()
-    try:
-        stack.enter_context(run_dir_lock(cfg.paths.output_dir))
-        earlier = stack.enter_context(resumable_sweep_job(cfg))
-    except ConfigError as err:
-        stack.close()
-        print_error(str(err))
-        raise SystemExit(2) from None
-    with stack:
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(run_dir_lock(cfg.paths.output_dir))
+            earlier = stack.enter_context(resumable_sweep_job(cfg))
+        except ConfigError as err:  # the run dir is left as it was (the lock released on the way out)
+            print_error(str(err))
+            raise SystemExit(2) from None
         yield earlier
 
 
