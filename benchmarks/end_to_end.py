@@ -142,80 +142,90 @@ def bare(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------- medtransfer breakdown
-def breakdown(args: argparse.Namespace) -> dict:
-    """One medtransfer-train run with timers around its stages (seconds since the process started)."""
-    stamps: dict[str, float] = {"import": 0.0}
-    spent: dict[str, float] = defaultdict(float)  # exclusive: less the timed calls nested inside
-    total: dict[str, float] = defaultdict(float)
-    stack: list[list[float]] = []  # [start, time of nested timed calls]
+CALLBACK_HOOKS = (
+    "setup", "on_fit_start", "on_sanity_check_start", "on_sanity_check_end", "on_train_start",
+    "on_train_epoch_start", "on_train_batch_end", "on_validation_epoch_start", "on_validation_epoch_end",
+    "on_validation_end", "on_train_epoch_end", "on_train_end", "on_fit_end", "on_test_start",
+    "on_test_epoch_end", "on_test_end", "on_exception", "teardown",
+)  # fmt: skip
 
-    def timed(owner, name, key):
+
+def evaluation_kind(loop, *args, **kwargs) -> str:
+    trainer = loop.trainer
+    return "test loop" if trainer.testing else "sanity check" if trainer.sanity_checking else "validation"
+
+
+class StageTimer:
+    """Wraps functions and methods with timers. `spent[key]`: seconds inside the calls, less the timed
+    calls nested in them (so the keys add up); `total[key]`: with them."""
+
+    def __init__(self):
+        self.spent: dict[str, float] = defaultdict(float)
+        self.total: dict[str, float] = defaultdict(float)
+        self.stack: list[list[float]] = []  # [start, seconds of nested timed calls]
+
+    def wrap(self, owner, name: str, key):
+        """key: a name, or a function of the call's arguments that returns one."""
         original = getattr(owner, name)
 
         def wrapper(*a, **k):
-            stack.append([time.time(), 0.0])
+            self.stack.append([time.time(), 0.0])
             try:
                 return original(*a, **k)
             finally:
-                start, nested = stack.pop()
+                start, nested = self.stack.pop()
                 duration = time.time() - start
-                spent[key] += duration - nested
-                total[key] += duration
-                if stack:
-                    stack[-1][1] += duration
+                name = key(*a, **k) if callable(key) else key
+                self.spent[name] += duration - nested
+                self.total[name] += duration
+                if self.stack:
+                    self.stack[-1][1] += duration
 
         setattr(owner, name, wrapper)
 
-    import lightning as L
+    def instrument(self, train_module, stamps: dict[str, float]) -> None:
+        """Timers around medtransfer-train's stages: data set-up, every callback hook (by class), checkpoint
+        writes, fit, test and Lightning's evaluation loops (validation, sanity check, test)."""
+        import lightning as L
+        from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
 
-    import medtransfer.train as train_module
+        self.wrap(train_module, "build_data", "data set-up")
+        build = train_module.build_trainer
 
-    stamps["import"] = time.time() - LAUNCHED
-    timed(train_module, "build_data", "data set-up")
-    original_build_trainer = train_module.build_trainer
+        def build_trainer(cfg, model):
+            stamps.setdefault("set-up done", time.time() - LAUNCHED)
+            trainer = build(cfg, model)
+            for callback in trainer.callbacks:
+                for hook in CALLBACK_HOOKS:
+                    self.wrap(callback, hook, f"callback {type(callback).__name__}")
+            return trainer
 
-    def build_trainer(cfg, model):
-        stamps["set-up done"] = time.time() - LAUNCHED
-        trainer = original_build_trainer(cfg, model)
-        for callback in trainer.callbacks:
-            for hook in (
-                "on_fit_start",
-                "on_train_start",
-                "on_train_end",
-                "on_fit_end",
-                "on_test_start",
-                "on_test_epoch_end",
-                "on_test_end",
-                "on_train_epoch_start",
-                "on_train_epoch_end",
-                "on_validation_epoch_start",
-                "on_validation_epoch_end",
-                "on_validation_end",
-                "on_train_batch_end",
-                "on_sanity_check_start",
-                "on_sanity_check_end",
-                "on_exception",
-                "setup",
-                "teardown",
-            ):
-                timed(callback, hook, f"callback {type(callback).__name__}")
-        return trainer
+        train_module.build_trainer = build_trainer
+        self.wrap(L.Trainer, "save_checkpoint", "checkpoint writes")
+        self.wrap(L.Trainer, "fit", "fit")
+        self.wrap(L.Trainer, "test", "test")
+        self.wrap(_EvaluationLoop, "run", evaluation_kind)
 
-    train_module.build_trainer = build_trainer
-    timed(L.Trainer, "save_checkpoint", "checkpoint writes")
-    timed(L.Trainer, "fit", "fit")
-    timed(L.Trainer, "test", "test")
-    from lightning.pytorch.loops.evaluation_loop import _EvaluationLoop
 
-    timed(_EvaluationLoop, "run", "evaluation loops (validation, sanity check, test)")
-    sys.argv = ["medtransfer-train", *args.overrides]
+def run_main(train_module, overrides: list[str]) -> None:
+    sys.argv = ["medtransfer-train", *overrides]
     try:
         train_module.main()
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             raise
+
+
+def breakdown(args: argparse.Namespace) -> dict:
+    """One medtransfer-train run with timers around its stages (seconds since the process started)."""
+    import medtransfer.train as train_module
+
+    stamps = {"import": time.time() - LAUNCHED}
+    timer = StageTimer()
+    timer.instrument(train_module, stamps)
+    run_main(train_module, args.overrides)
     stamps["end"] = time.time() - LAUNCHED
-    return {"stamps": stamps, "spent": dict(spent), "total": dict(total)}
+    return {"stamps": stamps, "spent": dict(timer.spent), "total": dict(timer.total)}
 
 
 # --------------------------------------------------------------------------------------- the rounds
@@ -320,10 +330,9 @@ def breakdown_rows(parts: dict, wall: float) -> list[tuple[str, float]]:
         ("config, console, model", stamps["set-up done"] - stamps["import"] - total.get("data set-up", 0.0)),
         ("data set-up (read, check, split)", spent.get("data set-up", 0.0)),
         ("training epochs (fit, less the rows below)", spent.get("fit", 0.0)),
-        (
-            "evaluation loops (validation, sanity check, test)",
-            spent.get("evaluation loops (validation, sanity check, test)", 0.0),
-        ),
+        ("validation (each epoch)", spent.get("validation", 0.0)),
+        ("sanity check", spent.get("sanity check", 0.0)),
+        ("test loop", spent.get("test loop", 0.0)),
         ("checkpoint writes", spent.get("checkpoint writes", 0.0)),
         ("test set-up (loading best.ckpt)", spent.get("test", 0.0)),
     ]

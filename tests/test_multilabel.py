@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from medtransfer.data.sources.medmnist import MedMNISTDataModule
 from medtransfer.data.splits import iterative_grouped_split
 from medtransfer.evaluate import evaluate
 from medtransfer.evaluation.multilabel import masked_bce_with_logits
-from medtransfer.models.checkpoint import load_classifier
+from medtransfer.models.checkpoint import add_to_checkpoint, load_classifier
 from medtransfer.models.classifier import Classifier
 from medtransfer.predict import predict
 from medtransfer.train import train
@@ -131,6 +132,13 @@ def test_per_label_thresholds_round_trip_checkpoint_eval_predict(multilabel_run,
     assert settings["thresholds"] == pytest.approx(stored)
     with pytest.raises(ConfigError, match=r"explain_label='nope'"):
         predict(best, images, tmp_path / "p2.csv", explain=True, explain_label="nope")
+
+    # a temperature per label (calibrate=true) is written to predictions.json by label
+    calibrated = tmp_path / "calibrated.ckpt"
+    shutil.copy(best, calibrated)
+    add_to_checkpoint(calibrated, calibration={"temperature": [1.5, 0.75]})
+    out = predict(calibrated, images, tmp_path / "p3" / "predictions.csv")
+    assert json.loads(out.with_suffix(".json").read_text())["temperature"] == {"left": 1.5, "right": 0.75}
 
 
 def test_masked_labels_give_exactly_zero_gradient():

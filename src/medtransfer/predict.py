@@ -226,7 +226,12 @@ def predict(
             if multilabel
             else {}
         ),
-        "temperature": model.temperature,
+        # multi-label: one temperature per label
+        "temperature": (
+            dict(zip(model.class_names, model.temperature.tolist(), strict=True))
+            if isinstance(model.temperature, torch.Tensor)
+            else model.temperature
+        ),
         "explanations": str(explanations_dir) if explain else None,
         "explain_method": explain_method if explain else None,
         "explain_label": explain_label if explain else None,
