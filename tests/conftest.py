@@ -137,6 +137,8 @@ TINY = [
     "trainer.log_every_n_steps=1",
     "trainer.enable_progress_bar=false",
     "++callbacks.rich_progress_bar=null",
+    # last.ckpt every epoch (the default waits a minute between writes): tests interrupt and resume tiny runs
+    "++callbacks.last_checkpoint.min_interval_s=0",
     "data.image_size=16",
     "data.batch_size=8",
     "data.num_workers=0",

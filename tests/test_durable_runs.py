@@ -20,7 +20,7 @@ from conftest import TINY_CLI, run_train_cli
 from medtransfer.models.backbone import build_backbone
 from medtransfer.models.checkpoint import add_to_checkpoint, load_classifier
 from medtransfer.report import collect
-from medtransfer.train import resume_arguments, train
+from medtransfer.train import build_data, build_model, build_trainer, resume_arguments, train
 from medtransfer.utils import checkpoint_io
 from medtransfer.utils.atomic_write import atomic_open, atomic_write_json
 from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
@@ -76,6 +76,50 @@ def test_disk_full_while_writing_last_ckpt_keeps_the_previous_one(train_config, 
     previous = load_checkpoint_file(run / "checkpoints" / "last.ckpt")
     assert previous["epoch"] == 0 and "optimizer_states" in previous
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
+def checkpoint_writes(cfg) -> tuple[list[str], object]:
+    """The files the Trainer's checkpoint plugin wrote during a fit of `cfg`, in order, and the trainer."""
+    datamodule = build_data(cfg)
+    model = build_model(cfg, datamodule)
+    trainer = build_trainer(cfg, model)
+    trainer.fit(model, datamodule=datamodule)
+    return [Path(path).name for path, _ in trainer.strategy.checkpoint_io.writes], trainer
+
+
+def test_last_ckpt_waits_min_interval_and_best_ckpt_waits_for_it(train_config):
+    cfg = train_config("trainer.max_epochs=3", "callbacks.last_checkpoint.min_interval_s=3600", *FAST)
+    writes, trainer = checkpoint_writes(cfg)
+    assert writes == ["best.ckpt", "last.ckpt"]  # once each, at the end of training: best first
+    last = load_checkpoint_file(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")
+    best = load_checkpoint_file(trainer.checkpoint_callback.best_model_path)
+    assert last["global_step"] == trainer.global_step and "optimizer_states" in last  # the end of training
+    assert "optimizer_states" not in best and best["epoch"] <= 2
+    # resuming from it trains nothing more
+    datamodule = build_data(cfg)
+    model = build_model(cfg, datamodule)
+    again = build_trainer(cfg, model)
+    again.fit(
+        model, datamodule=datamodule, ckpt_path=Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    )
+    assert again.global_step == trainer.global_step and again.current_epoch == trainer.current_epoch
+
+
+def test_min_interval_zero_writes_last_ckpt_every_epoch_after_the_best(train_config):
+    cfg = train_config("trainer.max_epochs=3", "callbacks.last_checkpoint.min_interval_s=0", *FAST)
+    writes, _ = checkpoint_writes(cfg)
+    assert writes.count("last.ckpt") == 3
+    # a best.ckpt is never written after the last.ckpt of its epoch: the files on disk always agree
+    for i, name in enumerate(writes):
+        if name == "best.ckpt":
+            assert writes[i + 1] == "last.ckpt"
+
+
+def test_without_last_ckpt_the_best_is_written_when_the_fit_ends(train_config):
+    cfg = train_config("trainer.max_epochs=2", "callbacks.last_checkpoint=null", *FAST)
+    writes, trainer = checkpoint_writes(cfg)
+    assert writes == ["best.ckpt"]
+    assert Path(trainer.checkpoint_callback.best_model_path).is_file()
 
 
 def test_a_truncated_checkpoint_is_named_with_the_last_good_one(tmp_path):

@@ -259,7 +259,8 @@ def main() -> None:
         sys.argv = [sys.argv[0], *extra, *[a for a in args if not a.startswith("resume=")]]
     check_command_line()
     install_job_subprocess_command()
-    guard_optuna_sweeps()  # a sweep without a best trial ends with a message, not Optuna's traceback
+    if {"-m", "--multirun"} & set(sys.argv[1:]):  # importing Optuna takes seconds: sweeps only
+        guard_optuna_sweeps()  # a sweep without a best trial ends with a message, not Optuna's traceback
     # lock a run/sweep dir named on the command line before Hydra writes into it
     with command_line_lock(sys.argv[1:]):
         hydra_main()

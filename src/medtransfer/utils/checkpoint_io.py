@@ -8,8 +8,12 @@ weights_only unset, as Lightning does by default) is cleared for the duration of
 turns the check off. A truncated or corrupt file is named as such, with the last intact checkpoint in the
 same folder.
 
-Writing: serialised in memory, then written to a temporary file in the same folder, fsynced and renamed
-over the old one (utils/atomic_write.py), so a crash or a full disk leaves the previous checkpoint whole.
+Writing: to a temporary file in the same folder, fsynced and renamed over the old one
+(utils/atomic_write.py), so a crash or a full disk leaves the previous checkpoint whole. A checkpoint
+without optimizer state (best.ckpt: weights only) is kept in memory until the next checkpoint that can
+resume the run (last.ckpt) is written, a checkpoint is read, or the fit ends (teardown, also after an
+error): a run that improves every epoch writes its best weights once per last.ckpt, not once per epoch,
+and the files on disk always agree (the best.ckpt a last.ckpt names is there before it).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.apply_func import apply_to_collection
 
 from medtransfer.utils.atomic_write import atomic_write_with
 from medtransfer.utils.errors import ConfigError
@@ -145,19 +150,44 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """The Trainer's checkpoint reader and writer (`Trainer(plugins=[AtomicCheckpointIO()])`).
 
     save: atomic (temporary file in the same folder, fsync, rename); a failed write raises
-    RunFileWriteError naming the file and leaves the previous checkpoint intact. `writes` records
-    (path, bytes) of every checkpoint written, for benchmarks.
+    RunFileWriteError naming the file and leaves the previous checkpoint intact. A weights-only checkpoint
+    is held (a copy on the CPU) until `flush`: before any other write or read, and at teardown. `writes`
+    records (path, bytes) of every checkpoint written, for benchmarks and tests.
     load: `load_checkpoint_file` — always weights_only=True (a request for weights_only=False is not
     honoured), damaged files and pickled objects are ConfigErrors."""
 
     def __init__(self) -> None:
         self.writes: list[tuple[str, int]] = []
+        self.held: dict[str, dict[str, Any]] = {}  # path -> weights-only checkpoint not written yet
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{self.__class__.__name__} takes no storage_options")
+        if "optimizer_states" not in checkpoint:  # cannot resume a run: written with the next one that can
+            self.held[str(path)] = apply_to_collection(
+                checkpoint, torch.Tensor, lambda t: t.detach().cpu().clone()
+            )
+            return
+        self.flush()
+        self._write(checkpoint, path)
+
+    def _write(self, checkpoint: dict[str, Any], path) -> None:
         size = atomic_write_with(path, lambda f: torch.save(checkpoint, f))  # no copy in memory first
         self.writes.append((str(path), size))
 
+    def flush(self) -> None:
+        """Write the held checkpoints."""
+        while self.held:
+            path, checkpoint = self.held.popitem()
+            self._write(checkpoint, path)
+
+    def remove_checkpoint(self, path) -> None:
+        self.held.pop(str(path), None)
+        super().remove_checkpoint(path)
+
+    def teardown(self) -> None:
+        self.flush()
+
     def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None) -> dict:
+        self.flush()
         return load_checkpoint_file(path, map_location=map_location or "cpu", key="ckpt_path")
