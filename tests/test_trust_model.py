@@ -326,3 +326,33 @@ def test_temperature_scaling_fixes_an_overconfident_model_and_eval_and_predict_a
         )
     assert mean_confidence(after) < mean_confidence(before) - 0.1
     assert json.loads((tmp_path / "cal.json").read_text())["temperature"] == temperature
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
+def test_heatmaps_equal_a_full_backward_and_leave_the_model_as_it_was(method):
+    """The gradient stops at the explained layer (nothing before it is differentiated), which changes no
+    value: the maps equal pytorch_grad_cam's on an input that requires grad (a backward through the whole
+    network); every parameter keeps its requires_grad and gets no gradient, frozen ones included."""
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from medtransfer.evaluation.explanations import _Logits
+    from medtransfer.models.classifier import Classifier
+
+    torch.manual_seed(0)
+    model = Classifier(backbone="resnet18", weights=None, num_classes=3, in_channels=1).eval()
+    for p in model.backbone.layer1.parameters():  # a frozen group
+        p.requires_grad_(False)
+    x, classes = torch.randn(4, 1, 32, 32), [0, 1, 2, 1]
+    cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus}[method]
+    with cam_class(model=_Logits(model), target_layers=[model.explanation_layer]) as cam:
+        reference = cam(
+            input_tensor=x.clone().requires_grad_(True), targets=[ClassifierOutputTarget(c) for c in classes]
+        )
+    model.zero_grad(set_to_none=True)
+    requires = {n: p.requires_grad for n, p in model.named_parameters()}
+
+    maps = heatmaps(model, x, classes, method)
+    np.testing.assert_allclose(maps, reference, rtol=1e-5, atol=1e-6)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == requires
+    assert all(p.grad is None for p in model.parameters()) and not model.training

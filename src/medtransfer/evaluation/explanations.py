@@ -57,15 +57,25 @@ def heatmaps(
     was_training = model.training
     wrapper = _Logits(model)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+
+    def leaf_output(module, args, output):  # the gradient stops at the explained layer: nothing before it
+        return output.detach().requires_grad_(True)  # is differentiated, and no weight gets a gradient
+
+    handle = model.explanation_layer.register_forward_hook(leaf_output)  # before the CAM's own hooks
     try:
+        for p in trainable:
+            p.requires_grad_(False)
         with (
             torch.inference_mode(False),
             torch.enable_grad(),
             cam_class(model=wrapper, target_layers=[model.explanation_layer]) as cam,
         ):
-            # an input that requires grad puts the layer's output in the graph also when the weights are frozen
-            maps = cam(input_tensor=images.detach().clone().requires_grad_(True), targets=targets)
+            maps = cam(input_tensor=images.detach().clone(), targets=targets)
     finally:
+        handle.remove()
+        for p in trainable:
+            p.requires_grad_(True)
         model.zero_grad(set_to_none=True)
         model.train(was_training)
     return np.asarray(maps, dtype=np.float32)
