@@ -32,12 +32,13 @@ def quoted_override(key: str, value: object) -> str:
     return '{}="{}"'.format(key, text.replace('"', '\\"'))
 
 
-def _parses(override: str) -> bool:
+def parse_error(override: str) -> str | None:
+    """The first line of Hydra's error for an override it cannot parse; None when it parses."""
     try:
         OverridesParser.create().parse_overrides([override])
-    except OverrideParseException:
-        return False
-    return True
+    except OverrideParseException as err:
+        return str(err).splitlines()[0]
+    return None
 
 
 def unreadable_override_message(override: str, reason: str) -> str:
@@ -50,7 +51,7 @@ def unreadable_override_message(override: str, reason: str) -> str:
             f"Hydra says: {reason}\nWrite it as key=value, e.g. data.root=my_images."
         )
     fixed = quoted_override(key, value)
-    if not _parses(fixed):
+    if parse_error(fixed) is not None:
         return f"{key}={value!r}: Hydra cannot read this value ({reason})."
     return (
         f"{key}: Hydra cannot read the value {value!r} as written (characters such as = ( ) [ ] , or "
@@ -61,16 +62,10 @@ def unreadable_override_message(override: str, reason: str) -> str:
 
 def check_overrides(overrides: Sequence[str]) -> None:
     """Raise ConfigError, with the quoted form that works, for the first override Hydra cannot parse."""
-    try:
-        OverridesParser.create().parse_overrides(list(overrides))
-        return
-    except OverrideParseException:
-        pass
     for override in overrides:
-        try:
-            OverridesParser.create().parse_overrides([override])
-        except OverrideParseException as err:
-            raise ConfigError(unreadable_override_message(override, str(err).splitlines()[0])) from None
+        reason = parse_error(override)
+        if reason is not None:
+            raise ConfigError(unreadable_override_message(override, reason))
 
 
 def check_command_line(argv: Sequence[str] | None = None) -> None:
