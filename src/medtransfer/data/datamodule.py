@@ -7,7 +7,7 @@ import csv
 import logging
 import os
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,9 +53,8 @@ class SplitData:
     splits: dict[str, Split]
     channels: int
     multilabel: bool = False  # labels (N, L): several labels per image (see Split)
-    made_split: bool = (
-        False  # True when medtransfer assigned the files to splits (then splits.csv is written)
-    )
+    # True when medtransfer assigned the files to splits (then splits.csv is written)
+    made_split: bool = False
     sizes: dict[str, list[int]] = field(default_factory=dict)  # min/max height and width, when known
     modes: dict[str, int] = field(default_factory=dict)  # files per colour mode (L, RGB, I;16, DICOM ...)
     skipped: list[Problem] = field(default_factory=list)  # problems left out under data.on_bad=skip
@@ -334,7 +333,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         """Each training image drawn with probability 1 / (its class's count): every class equally often
         per epoch, with replacement, seeded by data.seed."""
         labels = self.data.splits["train"].labels
-        counts = np.bincount(labels, minlength=self.num_classes)
+        counts = np.array(self.class_counts("train"))
         weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
         return WeightedRandomSampler(
             weights, len(labels), replacement=True, generator=torch.Generator().manual_seed(self.seed)
@@ -390,17 +389,9 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         counts = {s: dict(zip(self.classes, self.class_counts(s), strict=True)) for s in SPLITS}
         multilabel = {}
         if self.multilabel:  # counts are positives per label; the unknown values besides them
+            unknown = {s: len(self.data.splits[s]) - np.array(self.known_counts(s)) for s in SPLITS}
             multilabel = {
-                "unknown": {
-                    s: dict(
-                        zip(
-                            self.classes,
-                            (len(self.data.splits[s]) - np.array(self.known_counts(s))).tolist(),
-                            strict=True,
-                        )
-                    )
-                    for s in SPLITS
-                },
+                "unknown": {s: dict(zip(self.classes, n.tolist(), strict=True)) for s, n in unknown.items()},
                 "missing_label": self.missing_label,
             }
         return {
@@ -438,14 +429,9 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
     def write_skipped_csv(self, path: str | Path) -> bool:
         """The files left out, with reason and fix, when any were. Returns whether it wrote."""
         rows = self.skipped_rows()
-        if not rows:
-            return False
-        # file names that are not UTF-8 are written as their bytes (surrogateescape), as they are on disk
-        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "reason", "fix"])
-            writer.writerows(rows)
-        return True
+        if rows:
+            write_csv(path, ["file", "reason", "fix"], rows)
+        return bool(rows)
 
     def write_folds_csv(self, path: str | Path) -> bool:
         """Which image is in which cross-validation fold (sources with data.folds). Returns whether it wrote."""
@@ -457,17 +443,16 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         if not self.data.made_split:
             return False
         with_patients = any(self.data.splits[s].patients for s in SPLITS)
-        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "split", *(["patient"] if with_patients else [])])
-            for split in SPLITS:
-                part = self.data.splits[split]
-                names = part.paths if part.paths is not None else [f"#{i}" for i in range(len(part))]
-                patients = part.patients or [None] * len(part)
-                for name, label, patient in zip(names, part.labels, patients, strict=True):
-                    writer.writerow(
-                        [name, self.label_text(label), split, *([patient or ""] if with_patients else [])]
-                    )
+        rows = []
+        for split in SPLITS:
+            part = self.data.splits[split]
+            names = part.paths if part.paths is not None else [f"#{i}" for i in range(len(part))]
+            patients = part.patients or [None] * len(part)
+            for name, label, patient in zip(names, part.labels, patients, strict=True):
+                rows.append(
+                    [name, self.label_text(label), split, *([patient or ""] if with_patients else [])]
+                )
+        write_csv(path, ["path", "label", "split", *(["patient"] if with_patients else [])], rows)
         return True
 
     def label_text(self, label) -> str:
@@ -478,6 +463,15 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         return "|".join(
             ("?" if np.isnan(v) else "") + c for c, v in zip(self.classes, label, strict=True) if v != 0
         )
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A CSV file of `rows` under `header`, written atomically. File names that are not UTF-8 are
+    written as their bytes (surrogateescape), as they are on disk."""
+    with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def concatenated(parts: Sequence[Split]) -> Split:
