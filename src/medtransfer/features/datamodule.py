@@ -18,11 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from medtransfer.data.datamodule import MedicalImageDataModule, SplitLoaders
 from medtransfer.data.splits import SPLITS
 from medtransfer.data.transforms import augments
-from medtransfer.features.cache import (
-    FeatureCache,
-    split_fingerprint,
-    state_fingerprint,
-)
+from medtransfer.features.cache import FeatureCache, split_fingerprint, state_fingerprint
 from medtransfer.models.classifier import Classifier
 from medtransfer.models.inference import outputs
 from medtransfer.utils.errors import ConfigError

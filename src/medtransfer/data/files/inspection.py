@@ -30,6 +30,7 @@ from medtransfer.data.files.decode import (
     is_image_file,
 )
 from medtransfer.data.files.listing import shown_path
+from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -179,13 +180,12 @@ def _read_cache(cache_file: Path, paths: list[str]) -> dict[str, FileFacts] | No
 
 
 def _write_cache(cache_file: Path, facts: dict[str, FileFacts]) -> None:
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(
-            json.dumps({"version": INSPECTION_VERSION, "files": {p: asdict(f) for p, f in facts.items()}})
+    try:  # atomic: DDP ranks may write the same file
+        atomic_write_json(
+            cache_file,
+            {"version": INSPECTION_VERSION, "files": {p: asdict(f) for p, f in facts.items()}},
+            indent=None,
         )
-        os.replace(tmp, cache_file)  # atomic: DDP ranks may write the same file
     except OSError as err:
         log.warning(
             "Could not write the inspection cache %s (%s); the next run will inspect the files again.",
