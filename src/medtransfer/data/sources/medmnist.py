@@ -162,18 +162,14 @@ class MedMNISTDataModule(MedicalImageDataModule):
                 "every split needs the same labels."
             )
         multilabel = widths.pop() > 1
+        splits = {}
+        for s, (images, labels) in raw.items():
+            labels = multilabel_targets(file, s, labels) if multilabel else labels[:, 0].astype(np.int64)
+            splits[s] = Split(labels=labels, images=images)
         if multilabel:
-            splits = {
-                s: Split(labels=multilabel_targets(file, s, labels), images=images)
-                for s, (images, labels) in raw.items()
-            }
             num_classes = splits["train"].labels.shape[1]
             names = self.class_names or LABEL_NAMES.get(self.name)
         else:
-            splits = {
-                s: Split(labels=labels[:, 0].astype(np.int64), images=images)
-                for s, (images, labels) in raw.items()
-            }
             num_classes = int(max(s.labels.max() for s in splits.values())) + 1
             names = self.class_names or (MEDMNIST[self.name][0] if self.name in MEDMNIST else None)
         classes = names or [str(i) for i in range(num_classes)]
