@@ -7,7 +7,7 @@ import csv
 import logging
 import os
 from abc import abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -369,16 +369,22 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         dataset = self.dataset(split, augmented=training)
         workers = default_num_workers(self.on_gpu) if self.num_workers == "auto" else int(self.num_workers)
         pin = self.on_gpu if self.pin_memory == "auto" else self.pin_memory
+        return self.loader(
+            dataset, training, num_workers=workers, persistent_workers=workers > 0, pin_memory=bool(pin)
+        )
+
+    def loader(self, dataset: Dataset, training: bool, **options) -> DataLoader:
+        """A loader of `dataset` (of the train split when `training`) batched, shuffled or sampled
+        (data.sampler) and dropping a last batch of one image as this data module's own; `options`: the
+        DataLoader's other arguments."""
         sampler = self.balanced_sampler() if training and self.sampler == "weighted" else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if training else self.eval_batch_size,
             shuffle=training and sampler is None,
             sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=bool(pin),
             drop_last=training and self.drop_single_last_batch(),
+            **options,
         )
 
     # ---------------------------------------------------------- reporting
@@ -442,18 +448,25 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         self.setup()
         if not self.data.made_split:
             return False
-        with_patients = any(self.data.splits[s].patients for s in SPLITS)
+        self.write_image_table(path, "split", lambda split, name: split)
+        return True
+
+    def write_image_table(
+        self, path: str | Path, column: str, value: Callable[[str, str], object], by_path: bool = False
+    ) -> None:
+        """A CSV of every image of the train, val and test splits: path (#index for images without a file),
+        label (`label_text`), `column` (value(split, path)), and patient when any is known; in split order,
+        or sorted by path."""
         rows = []
         for split in SPLITS:
             part = self.data.splits[split]
             names = part.paths if part.paths is not None else [f"#{i}" for i in range(len(part))]
             patients = part.patients or [None] * len(part)
             for name, label, patient in zip(names, part.labels, patients, strict=True):
-                rows.append(
-                    [name, self.label_text(label), split, *([patient or ""] if with_patients else [])]
-                )
-        write_csv(path, ["path", "label", "split", *(["patient"] if with_patients else [])], rows)
-        return True
+                rows.append([name, self.label_text(label), value(split, name), patient or ""])
+        with_patients = any(r[3] for r in rows)
+        header = ["path", "label", column, *(["patient"] if with_patients else [])]
+        write_csv(path, header, (r if with_patients else r[:3] for r in (sorted(rows) if by_path else rows)))
 
     def label_text(self, label) -> str:
         """A label as text: the class name; multi-label data: the positive labels joined by |, unknown

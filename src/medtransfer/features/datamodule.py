@@ -98,14 +98,7 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
 
     def _loader(self, split: str, training: bool) -> DataLoader:
         dataset = TensorDataset(self.split_features(split), self.images.dataset(split).labels)
-        sampler = self.images.balanced_sampler() if training and self.images.sampler == "weighted" else None
-        return DataLoader(
-            dataset,
-            batch_size=self.images.batch_size if training else self.images.eval_batch_size,
-            shuffle=training and sampler is None,
-            sampler=sampler,
-            drop_last=training and self.images.drop_single_last_batch(),
-        )
+        return self.images.loader(dataset, training)
 
     # what callbacks read from the data module: the images'
     def dataset(self, split: str):

@@ -110,30 +110,20 @@ def inspect_file(path: str, window: Sequence[float] | None = None) -> FileFacts:
     except DataError:
         raise
     except MissingDecoderError as err:
-        return FileFacts(
-            sha1=sha1,
-            reason=str(err),
-            fix=f'install the DICOM decoders: {DECODER_INSTALL} (or python -m pip install -e ".[dicom]")',
-        )
+        reason = str(err)
+        fix = f'install the DICOM decoders: {DECODER_INSTALL} (or python -m pip install -e ".[dicom]")'
     except (ImageTooLargeError, Image.DecompressionBombError) as err:
-        return FileFacts(
-            sha1=sha1,
-            reason=f"too large: {err}",
-            fix="check the file (a header declaring more pixels than it holds is a decompression bomb); "
-            "if the image is genuine, downsample it, or raise the limit",
+        reason = f"too large: {err}"
+        fix = (
+            "check the file (a header declaring more pixels than it holds is a decompression bomb); "
+            "if the image is genuine, downsample it, or raise the limit"
         )
     except UnsupportedImageError as err:
-        return FileFacts(
-            sha1=sha1,
-            reason=f"unsupported: {err}",
-            fix="export the image as a single 2-D image (PNG, or single-frame DICOM), or remove it",
-        )
+        reason = f"unsupported: {err}"
+        fix = "export the image as a single 2-D image (PNG, or single-frame DICOM), or remove it"
     except UnidentifiedImageError:
-        return FileFacts(
-            sha1=sha1,
-            reason=f"unreadable: the content is not a {Path(path).suffix} image (no known image format)",
-            fix="replace it with the real image, or remove it",
-        )
+        reason = f"unreadable: the content is not a {Path(path).suffix} image (no known image format)"
+        fix = "replace it with the real image, or remove it"
     except Exception as err:
         message = f"{err.__class__.__name__}: {err}"
         reason = (
@@ -141,18 +131,20 @@ def inspect_file(path: str, window: Sequence[float] | None = None) -> FileFacts:
             if "truncated" in str(err).lower()
             else f"corrupt: {message}"
         )
-        return FileFacts(sha1=sha1, reason=reason, fix="copy or export the image again, or remove it")
-    array = decoded.array
-    gray = _is_gray(array)
-    return FileFacts(
-        sha1=sha1,
-        mode=decoded.mode,
-        height=int(array.shape[0]),
-        width=int(array.shape[1]),
-        gray=gray,
-        levels=_grey_levels(array) if gray else 256,
-        value_range=decoded.value_range,
-    )
+        fix = "copy or export the image again, or remove it"
+    else:
+        array = decoded.array
+        gray = _is_gray(array)
+        return FileFacts(
+            sha1=sha1,
+            mode=decoded.mode,
+            height=int(array.shape[0]),
+            width=int(array.shape[1]),
+            gray=gray,
+            levels=_grey_levels(array) if gray else 256,
+            value_range=decoded.value_range,
+        )
+    return FileFacts(sha1=sha1, reason=reason, fix=fix)
 
 
 def fingerprint(paths: list[str], window: Sequence[float] | None = None) -> str:

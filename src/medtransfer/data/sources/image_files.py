@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
-from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData, write_csv
+from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
 from medtransfer.data.files.decode import read_image, resolve_window
 from medtransfer.data.files.inspection import FileFacts, Inspection, few_levels_message, inspect_files
 from medtransfer.data.files.validation import (
@@ -223,16 +223,9 @@ class ImageFilesDataModule(MedicalImageDataModule):
         self.setup()
         if not self.folds:
             return False
-        rows = []
-        for split in SPLITS:
-            part = self.data.splits[split]
-            patients = part.patients or [None] * len(part)
-            for name, label, patient in zip(part.paths, part.labels, patients, strict=True):
-                fold = "test" if split == "test" else self.fold_of[name]
-                rows.append([name, self.label_text(label), fold, patient or ""])
-        with_patients = any(r[3] for r in rows)
-        header = ["path", "label", "fold", *(["patient"] if with_patients else [])]
-        write_csv(path, header, (r if with_patients else r[:3] for r in sorted(rows)))
+        self.write_image_table(
+            path, "fold", lambda split, name: "test" if split == "test" else self.fold_of[name], by_path=True
+        )
         return True
 
     def split_data(
