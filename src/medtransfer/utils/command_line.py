@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -87,8 +88,6 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
 def user_override(key: str) -> str | None:
     """The value the user gave `key` on the command line of the running Hydra job (the last one), or None
     when not given or outside a Hydra run."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return None
     given = [
@@ -100,8 +99,6 @@ def user_override(key: str) -> str | None:
 def config_file(group: str, option: str) -> Path | None:
     """The YAML file of `option` in config group `group`, from the running Hydra app's file search path
     (the package's conf/ and hydra.searchpath folders), or None."""
-    from hydra.core.hydra_config import HydraConfig
-
     for source in HydraConfig.get().runtime.config_sources:
         path = Path(source.path) / group / f"{option}.yaml"
         if source.schema == "file" and path.is_file():
@@ -158,8 +155,6 @@ def reconcile_experiment_data(
 def check_experiment_data(cfg: DictConfig) -> None:
     """In a Hydra run with experiment=NAME and data=SOURCE both given: `reconcile_experiment_data` on
     cfg.data, its message shown in a yellow panel."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return
     runtime = HydraConfig.get().runtime
