@@ -73,10 +73,7 @@ def _is_gray(array: np.ndarray) -> bool:
     if array.ndim == 2:
         return True
     a = array.astype(np.int16)
-    return bool(
-        np.abs(a[..., 0] - a[..., 1]).max() <= GRAY_TOLERANCE
-        and np.abs(a[..., 0] - a[..., 2]).max() <= GRAY_TOLERANCE
-    )
+    return bool(np.abs(a - a[..., :1]).max() <= GRAY_TOLERANCE)  # every channel against the first
 
 
 def _grey_levels(array: np.ndarray) -> int:

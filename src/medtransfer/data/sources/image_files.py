@@ -279,16 +279,12 @@ class ImageFilesDataModule(MedicalImageDataModule):
                 self.cache_limit_gb,
             )
             return
-        paths = [p for s in splits for p in splits[s].paths]
         options = self.decode_options()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            images = list(pool.map(lambda p: read_image(p, channels, **options), paths))
-        start = 0
-        for s in splits:
-            splits[s].images = images[start : start + len(splits[s])]
-            start += len(splits[s])
+            for part in splits.values():
+                part.images = list(pool.map(lambda p: read_image(p, channels, **options), part.paths))
         log.info(
-            "Decoded %d images into RAM (%.0f MiB, data.cache=%s).", len(images), nbytes / 2**20, self.cache
+            "Decoded %d images into RAM (%.0f MiB, data.cache=%s).", len(facts), nbytes / 2**20, self.cache
         )
 
 

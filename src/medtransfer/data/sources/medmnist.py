@@ -126,21 +126,20 @@ class MedMNISTDataModule(MedicalImageDataModule):
         }
 
     def prepare_data(self) -> None:
-        if self.path is None:
-            if not self.name:
-                raise DataError(
-                    "data=medmnist needs data.path=FILE.npz or data.name=<medmnist set> (e.g. pneumoniamnist)."
-                )
-            self.download_dir.mkdir(parents=True, exist_ok=True)
-            download_medmnist(self.name, self.size, self.download_dir)
+        self._file()
 
     def _file(self) -> Path:
+        """data.path, or the official file of data.name, downloaded when missing."""
         if self.path is not None:
             if not self.path.is_file():
                 raise DataError(f"data.path={self.path}: no such file. Give a MedMNIST-style .npz file.")
             return self.path
-        self.prepare_data()
-        return self.download_dir / medmnist_filename(self.name, self.size)
+        if not self.name:
+            raise DataError(
+                "data=medmnist needs data.path=FILE.npz or data.name=<medmnist set> (e.g. pneumoniamnist)."
+            )
+        self.download_dir.mkdir(parents=True, exist_ok=True)
+        return download_medmnist(self.name, self.size, self.download_dir)
 
     def load_splits(self) -> SplitData:
         file = self._file()
