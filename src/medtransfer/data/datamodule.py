@@ -191,9 +191,9 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
                 if name not in data.splits or len(data.splits[name]) == 0:
                     raise DataError(f"The {name} split is empty: {self.describe_source()}")
             self.task = self.resolve_task(data)
-            if data.multilabel:
-                _warn_findings_missing(data)
             self.data = data
+            if data.multilabel:
+                self._warn_findings_missing()
 
     def matched_to_model(self, data: SplitData) -> SplitData:
         """`data` with the model's classes (see for_evaluation) and the split `all`."""
@@ -283,6 +283,24 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         if not self.data.multilabel:
             return None
         return (~np.isnan(self.data.splits[split].labels)).sum(0).astype(int).tolist()
+
+    def _warn_findings_missing(self) -> None:
+        """Multi-label data: a label without positives (or negatives) in a split has no AUROC there (it is
+        left out of the macro AUROC); name each such label and split."""
+        gaps = [
+            f"{name} in {s} ({pos} positive, {known - pos} negative)"
+            for s in SPLITS
+            for name, pos, known in zip(self.classes, self.class_counts(s), self.known_counts(s), strict=True)
+            if pos == 0 or pos == known
+        ]
+        if gaps:
+            log.warning(
+                "Multi-label data: %d label/split pair(s) hold one class only, so their AUROC is undefined and "
+                "left out of the macro AUROC there: %s. More images with these findings (or a larger "
+                "data.val_fraction / data.test_fraction when medtransfer splits) fix it.",
+                len(gaps),
+                "; ".join(gaps),
+            )
 
     def class_weights(self) -> list[float]:
         """Inverse class frequency on the training split, normalised so that a balanced set gives 1.
@@ -514,23 +532,3 @@ def unknown_classes_message(unknown: Sequence[str], trained: Sequence[str], sour
         + ": rename each class folder (or the label in the manifest, or data.class_names of an .npz) to the "
         "trained class its images show, or leave those images out. A subset of the trained classes is fine."
     )
-
-
-def _warn_findings_missing(data: SplitData) -> None:
-    """Multi-label data: a label without positives (or negatives) in a split has no AUROC there (it is left
-    out of the macro AUROC); name each such label and split."""
-    gaps = []
-    for s in SPLITS:
-        labels = data.splits[s].labels
-        for k, name in enumerate(data.classes):
-            pos, neg = int((labels[:, k] == 1).sum()), int((labels[:, k] == 0).sum())
-            if pos == 0 or neg == 0:
-                gaps.append(f"{name} in {s} ({pos} positive, {neg} negative)")
-    if gaps:
-        log.warning(
-            "Multi-label data: %d label/split pair(s) hold one class only, so their AUROC is undefined and "
-            "left out of the macro AUROC there: %s. More images with these findings (or a larger "
-            "data.val_fraction / data.test_fraction when medtransfer splits) fix it.",
-            len(gaps),
-            "; ".join(gaps),
-        )

@@ -20,8 +20,8 @@ from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
 from medtransfer.data.files.decode import read_image, resolve_window
 from medtransfer.data.files.inspection import FileFacts, Inspection, few_levels_message, inspect_files
 from medtransfer.data.files.validation import (
+    ON_BAD,
     Problem,
-    check_on_bad,
     conflicting_label_problems,
     duplicate_problems,
     enforce,
@@ -119,7 +119,9 @@ class ImageFilesDataModule(MedicalImageDataModule):
         super().__init__(**kwargs)
         self.folds, self.fold = check_folds(folds, fold)
         self.fold_of: dict[str, int] = {}  # path -> fold, for folds.csv (test images are not in it)
-        self.on_bad = check_on_bad(on_bad)
+        if on_bad not in ON_BAD:
+            raise ConfigError(f"data.on_bad={on_bad!r}: use one of {', '.join(ON_BAD)}.")
+        self.on_bad = on_bad
         if cache not in CACHE_MODES:
             raise ConfigError(f"data.cache={cache!r}: use one of {', '.join(CACHE_MODES)}.")
         self.cache = cache
