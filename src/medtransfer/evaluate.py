@@ -22,7 +22,6 @@ import warnings
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -132,17 +131,12 @@ def scored_split(split: str, datamodule: MedicalImageDataModule, given: bool) ->
 def say_what_is_scored(datamodule: MedicalImageDataModule, split: str, given: bool) -> dict[str, int]:
     """Which split of which data is scored, and how many images of each class (multi-label: positives
     per label), on the console and in the log. Returns {class: images}."""
-    labels = datamodule.data.splits[split].labels
-    if datamodule.multilabel:
-        counts = (labels == 1).sum(0)
-    else:
-        counts = np.bincount(labels, minlength=datamodule.num_classes)
-    per_class = {c: int(n) for c, n in zip(datamodule.classes, counts, strict=True)}
+    per_class = dict(zip(datamodule.classes, datamodule.class_counts(split), strict=True))
     source = ", ".join(f"{k}={v}" for k, v in datamodule.describe_source().items() if k != "columns")
     part = "every image" if split == "all" else f"the {split} split"
     whose = "the data given" if given else "the checkpoint's own data"
     lines = [
-        f"split={split}: {len(labels)} images scored, {part} of {whose} ({source})",
+        f"split={split}: {len(datamodule.data.splits[split])} images scored, {part} of {whose} ({source})",
         "per class: " + ", ".join(f"{c} {n}" for c, n in per_class.items()),
     ]
     absent = [c for c, n in per_class.items() if not n]
@@ -227,11 +221,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         per_member = stack.reshape(len(members), len(views), *stack.shape[1:]).mean(1)
         for path, member_probs in zip(paths, per_member, strict=True):
             values = split_metrics(
-                ensemble_model(members),
-                as_logits(member_probs, multilabel),
-                targets,
-                split,
-                loader.batch_size,
+                model, as_logits(member_probs, multilabel), targets, split, loader.batch_size
             )
             member_metrics.append({"ckpt_path": str(path), **values})
     metrics = split_metrics(model, logits, targets, split, loader.batch_size)

@@ -7,7 +7,7 @@ import csv
 import logging
 import os
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,9 +53,8 @@ class SplitData:
     splits: dict[str, Split]
     channels: int
     multilabel: bool = False  # labels (N, L): several labels per image (see Split)
-    made_split: bool = (
-        False  # True when medtransfer assigned the files to splits (then splits.csv is written)
-    )
+    # True when medtransfer assigned the files to splits (then splits.csv is written)
+    made_split: bool = False
     sizes: dict[str, list[int]] = field(default_factory=dict)  # min/max height and width, when known
     modes: dict[str, int] = field(default_factory=dict)  # files per colour mode (L, RGB, I;16, DICOM ...)
     skipped: list[Problem] = field(default_factory=list)  # problems left out under data.on_bad=skip
@@ -192,9 +191,9 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
                 if name not in data.splits or len(data.splits[name]) == 0:
                     raise DataError(f"The {name} split is empty: {self.describe_source()}")
             self.task = self.resolve_task(data)
-            if data.multilabel:
-                _warn_findings_missing(data)
             self.data = data
+            if data.multilabel:
+                self._warn_findings_missing()
 
     def matched_to_model(self, data: SplitData) -> SplitData:
         """`data` with the model's classes (see for_evaluation) and the split `all`."""
@@ -285,6 +284,24 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
             return None
         return (~np.isnan(self.data.splits[split].labels)).sum(0).astype(int).tolist()
 
+    def _warn_findings_missing(self) -> None:
+        """Multi-label data: a label without positives (or negatives) in a split has no AUROC there (it is
+        left out of the macro AUROC); name each such label and split."""
+        gaps = [
+            f"{name} in {s} ({pos} positive, {known - pos} negative)"
+            for s in SPLITS
+            for name, pos, known in zip(self.classes, self.class_counts(s), self.known_counts(s), strict=True)
+            if pos == 0 or pos == known
+        ]
+        if gaps:
+            log.warning(
+                "Multi-label data: %d label/split pair(s) hold one class only, so their AUROC is undefined and "
+                "left out of the macro AUROC there: %s. More images with these findings (or a larger "
+                "data.val_fraction / data.test_fraction when medtransfer splits) fix it.",
+                len(gaps),
+                "; ".join(gaps),
+            )
+
     def class_weights(self) -> list[float]:
         """Inverse class frequency on the training split, normalised so that a balanced set gives 1.
         Multi-label data: each label's negatives / positives on train (what model.pos_weight=auto uses)."""
@@ -334,7 +351,7 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         """Each training image drawn with probability 1 / (its class's count): every class equally often
         per epoch, with replacement, seeded by data.seed."""
         labels = self.data.splits["train"].labels
-        counts = np.bincount(labels, minlength=self.num_classes)
+        counts = np.array(self.class_counts("train"))
         weights = torch.as_tensor(1.0 / counts[labels], dtype=torch.double)
         return WeightedRandomSampler(
             weights, len(labels), replacement=True, generator=torch.Generator().manual_seed(self.seed)
@@ -370,16 +387,22 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         dataset = self.dataset(split, augmented=training)
         workers = default_num_workers(self.on_gpu) if self.num_workers == "auto" else int(self.num_workers)
         pin = self.on_gpu if self.pin_memory == "auto" else self.pin_memory
+        return self.loader(
+            dataset, training, num_workers=workers, persistent_workers=workers > 0, pin_memory=bool(pin)
+        )
+
+    def loader(self, dataset: Dataset, training: bool, **options) -> DataLoader:
+        """A loader of `dataset` (of the train split when `training`) batched, shuffled or sampled
+        (data.sampler) and dropping a last batch of one image as this data module's own; `options`: the
+        DataLoader's other arguments."""
         sampler = self.balanced_sampler() if training and self.sampler == "weighted" else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size if training else self.eval_batch_size,
             shuffle=training and sampler is None,
             sampler=sampler,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=bool(pin),
             drop_last=training and self.drop_single_last_batch(),
+            **options,
         )
 
     # ---------------------------------------------------------- reporting
@@ -390,17 +413,9 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         counts = {s: dict(zip(self.classes, self.class_counts(s), strict=True)) for s in SPLITS}
         multilabel = {}
         if self.multilabel:  # counts are positives per label; the unknown values besides them
+            unknown = {s: len(self.data.splits[s]) - np.array(self.known_counts(s)) for s in SPLITS}
             multilabel = {
-                "unknown": {
-                    s: dict(
-                        zip(
-                            self.classes,
-                            (len(self.data.splits[s]) - np.array(self.known_counts(s))).tolist(),
-                            strict=True,
-                        )
-                    )
-                    for s in SPLITS
-                },
+                "unknown": {s: dict(zip(self.classes, n.tolist(), strict=True)) for s, n in unknown.items()},
                 "missing_label": self.missing_label,
             }
         return {
@@ -438,14 +453,9 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
     def write_skipped_csv(self, path: str | Path) -> bool:
         """The files left out, with reason and fix, when any were. Returns whether it wrote."""
         rows = self.skipped_rows()
-        if not rows:
-            return False
-        # file names that are not UTF-8 are written as their bytes (surrogateescape), as they are on disk
-        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file", "reason", "fix"])
-            writer.writerows(rows)
-        return True
+        if rows:
+            write_csv(path, ["file", "reason", "fix"], rows)
+        return bool(rows)
 
     def write_folds_csv(self, path: str | Path) -> bool:
         """Which image is in which cross-validation fold (sources with data.folds). Returns whether it wrote."""
@@ -456,19 +466,25 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         self.setup()
         if not self.data.made_split:
             return False
-        with_patients = any(self.data.splits[s].patients for s in SPLITS)
-        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "split", *(["patient"] if with_patients else [])])
-            for split in SPLITS:
-                part = self.data.splits[split]
-                names = part.paths if part.paths is not None else [f"#{i}" for i in range(len(part))]
-                patients = part.patients or [None] * len(part)
-                for name, label, patient in zip(names, part.labels, patients, strict=True):
-                    writer.writerow(
-                        [name, self.label_text(label), split, *([patient or ""] if with_patients else [])]
-                    )
+        self.write_image_table(path, "split", lambda split, name: split)
         return True
+
+    def write_image_table(
+        self, path: str | Path, column: str, value: Callable[[str, str], object], by_path: bool = False
+    ) -> None:
+        """A CSV of every image of the train, val and test splits: path (#index for images without a file),
+        label (`label_text`), `column` (value(split, path)), and patient when any is known; in split order,
+        or sorted by path."""
+        rows = []
+        for split in SPLITS:
+            part = self.data.splits[split]
+            names = part.paths if part.paths is not None else [f"#{i}" for i in range(len(part))]
+            patients = part.patients or [None] * len(part)
+            for name, label, patient in zip(names, part.labels, patients, strict=True):
+                rows.append([name, self.label_text(label), value(split, name), patient or ""])
+        with_patients = any(r[3] for r in rows)
+        header = ["path", "label", column, *(["patient"] if with_patients else [])]
+        write_csv(path, header, (r if with_patients else r[:3] for r in (sorted(rows) if by_path else rows)))
 
     def label_text(self, label) -> str:
         """A label as text: the class name; multi-label data: the positive labels joined by |, unknown
@@ -478,6 +494,15 @@ class MedicalImageDataModule(SplitLoaders, L.LightningDataModule):
         return "|".join(
             ("?" if np.isnan(v) else "") + c for c, v in zip(self.classes, label, strict=True) if v != 0
         )
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A CSV file of `rows` under `header`, written atomically. File names that are not UTF-8 are
+    written as their bytes (surrogateescape), as they are on disk."""
+    with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def concatenated(parts: Sequence[Split]) -> Split:
@@ -507,23 +532,3 @@ def unknown_classes_message(unknown: Sequence[str], trained: Sequence[str], sour
         + ": rename each class folder (or the label in the manifest, or data.class_names of an .npz) to the "
         "trained class its images show, or leave those images out. A subset of the trained classes is fine."
     )
-
-
-def _warn_findings_missing(data: SplitData) -> None:
-    """Multi-label data: a label without positives (or negatives) in a split has no AUROC there (it is left
-    out of the macro AUROC); name each such label and split."""
-    gaps = []
-    for s in SPLITS:
-        labels = data.splits[s].labels
-        for k, name in enumerate(data.classes):
-            pos, neg = int((labels[:, k] == 1).sum()), int((labels[:, k] == 0).sum())
-            if pos == 0 or neg == 0:
-                gaps.append(f"{name} in {s} ({pos} positive, {neg} negative)")
-    if gaps:
-        log.warning(
-            "Multi-label data: %d label/split pair(s) hold one class only, so their AUROC is undefined and "
-            "left out of the macro AUROC there: %s. More images with these findings (or a larger "
-            "data.val_fraction / data.test_fraction when medtransfer splits) fix it.",
-            len(gaps),
-            "; ".join(gaps),
-        )

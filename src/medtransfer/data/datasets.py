@@ -31,8 +31,11 @@ class TensorListDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        image = self.images[i]
+        image = self.image(i)
         return (self.transform(image) if self.transform else image), self.labels[i]
+
+    def image(self, i: int) -> torch.Tensor:
+        return self.images[i]
 
 
 class ArrayDataset(TensorListDataset):
@@ -43,7 +46,7 @@ class ArrayDataset(TensorListDataset):
         super().__init__(tensor, labels, transform)
 
 
-class FileDataset(Dataset):
+class FileDataset(TensorListDataset):
     """Image files decoded on read to `channels` channels. decode_options: keyword arguments of
     `read_image` (a DICOM window)."""
 
@@ -55,15 +58,10 @@ class FileDataset(Dataset):
         transform: Callable | None = None,
         decode_options: Mapping | None = None,
     ):
+        super().__init__([], labels, transform)
         self.paths = list(paths)
-        self.labels = label_tensor(labels)
         self.channels = channels
-        self.transform = transform
         self.decode_options = dict(decode_options or {})
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        image = read_image(self.paths[i], self.channels, **self.decode_options)
-        return (self.transform(image) if self.transform else image), self.labels[i]
+    def image(self, i: int) -> torch.Tensor:
+        return read_image(self.paths[i], self.channels, **self.decode_options)

@@ -12,9 +12,6 @@ from medtransfer.utils.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
-MIN_PER_CLASS = 3  # one image each for train, val and test
-
-
 def _too_small(label, count: int, unit: str, val_fraction: float, test_fraction: float) -> DataError:
     needed = 1 + (val_fraction > 0) + (test_fraction > 0)
     label = label.item() if isinstance(label, np.generic) else label
@@ -101,13 +98,9 @@ def grouped_split(
     lacks most of the group's classes, relative to the targets (fraction × class count). When every group
     is a single item this is exactly `stratified_split`, so a data set without shared groups keeps the
     split it had before groups were taken into account."""
-    labels = np.asarray(labels)
-    group_ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    if len(group_ids) == len(labels):
-        return stratified_split(labels, val_fraction, test_fraction, seed)
-    class_ids, label_idx = np.unique(labels, return_inverse=True)
-    counts = np.zeros((len(group_ids), len(class_ids)))
-    np.add.at(counts, (inverse, label_idx), 1)
+    counts, inverse, class_ids = _group_class_counts(labels, groups)
+    if len(counts) == len(inverse):
+        return stratified_split(np.asarray(labels), val_fraction, test_fraction, seed)
     fractions = np.array([1.0 - val_fraction - test_fraction, val_fraction, test_fraction])
     split_of_group = _greedy_groups(counts, fractions, seed)
     _every_class_everywhere(
@@ -119,6 +112,15 @@ def grouped_split(
         ),
     )
     return np.array(SPLITS, dtype=object)[split_of_group[inverse]]
+
+
+def _group_class_counts(labels: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(items per group and class (G, C), group index per item (N,), the class values (C,))."""
+    group_ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    class_ids, label_idx = np.unique(np.asarray(labels), return_inverse=True)
+    counts = np.zeros((len(group_ids), len(class_ids)))
+    np.add.at(counts, (inverse, label_idx), 1)
+    return counts, inverse, class_ids
 
 
 def _every_class_everywhere(
@@ -190,11 +192,7 @@ def grouped_folds(labels: np.ndarray, groups: np.ndarray, folds: int, seed: int)
     per group every class's count per fold is within one of count / folds. Seeded by `seed` only, so
     every fold job of a cross-validation gets the same assignment. Raises DataError for a class held by
     fewer groups than folds."""
-    labels = np.asarray(labels)
-    group_ids, inverse = np.unique(np.asarray(groups), return_inverse=True)
-    class_ids, label_idx = np.unique(labels, return_inverse=True)
-    counts = np.zeros((len(group_ids), len(class_ids)))
-    np.add.at(counts, (inverse, label_idx), 1)
+    counts, inverse, class_ids = _group_class_counts(labels, groups)
     fractions = np.full(folds, 1.0 / folds)
     fold_of_group = _greedy_groups(counts, fractions, seed)
     _every_class_everywhere(

@@ -12,14 +12,9 @@ from torchvision.transforms import v2
 
 
 def eval_transform(size: int, mean: Sequence[float], std: Sequence[float]) -> v2.Compose:
-    """Resize the whole image to size × size (no crop: the whole field of view is kept)."""
-    return v2.Compose(
-        [
-            v2.Resize((size, size), antialias=True),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
+    """Resize the whole image to size × size (no crop: the whole field of view is kept): the train
+    transform without augmentation."""
+    return train_transform(size, mean, std, augment=None)
 
 
 AUGMENTATIONS = ("scale", "hflip", "rotation", "translate", "brightness", "contrast")

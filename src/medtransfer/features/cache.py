@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from medtransfer.data.datamodule import Split
+from medtransfer.utils.atomic_write import atomic_write_with
 from medtransfer.utils.checkpoint_io import load_checkpoint_file
 
 log = logging.getLogger(__name__)
@@ -90,14 +91,9 @@ class FeatureCache:
         path = self.path(key)
         if path is None:
             return
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            torch.save(
-                {"version": CACHE_VERSION, "features": features, "labels": labels, "fields": dict(fields)},
-                tmp,
-            )
-            os.replace(tmp, path)  # atomic: two jobs of a sweep may write the same features
+        stored = {"version": CACHE_VERSION, "features": features, "labels": labels, "fields": dict(fields)}
+        try:  # atomic: two jobs of a sweep may write the same features
+            atomic_write_with(path, lambda f: torch.save(stored, f))
         except OSError as err:
             log.warning(
                 "Could not write the feature cache %s (%s); the next run computes them again.", path, err

@@ -18,11 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from medtransfer.data.datamodule import MedicalImageDataModule, SplitLoaders
 from medtransfer.data.splits import SPLITS
 from medtransfer.data.transforms import augments
-from medtransfer.features.cache import (
-    FeatureCache,
-    split_fingerprint,
-    state_fingerprint,
-)
+from medtransfer.features.cache import FeatureCache, split_fingerprint, state_fingerprint
 from medtransfer.models.classifier import Classifier
 from medtransfer.models.inference import outputs
 from medtransfer.utils.errors import ConfigError
@@ -102,14 +98,7 @@ class FeatureDataModule(SplitLoaders, L.LightningDataModule):
 
     def _loader(self, split: str, training: bool) -> DataLoader:
         dataset = TensorDataset(self.split_features(split), self.images.dataset(split).labels)
-        sampler = self.images.balanced_sampler() if training and self.images.sampler == "weighted" else None
-        return DataLoader(
-            dataset,
-            batch_size=self.images.batch_size if training else self.images.eval_batch_size,
-            shuffle=training and sampler is None,
-            sampler=sampler,
-            drop_last=training and self.images.drop_single_last_batch(),
-        )
+        return self.images.loader(dataset, training)
 
     # what callbacks read from the data module: the images'
     def dataset(self, split: str):

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -32,12 +33,13 @@ def quoted_override(key: str, value: object) -> str:
     return '{}="{}"'.format(key, text.replace('"', '\\"'))
 
 
-def _parses(override: str) -> bool:
+def parse_error(override: str) -> str | None:
+    """The first line of Hydra's error for an override it cannot parse; None when it parses."""
     try:
         OverridesParser.create().parse_overrides([override])
-    except OverrideParseException:
-        return False
-    return True
+    except OverrideParseException as err:
+        return str(err).splitlines()[0]
+    return None
 
 
 def unreadable_override_message(override: str, reason: str) -> str:
@@ -50,7 +52,7 @@ def unreadable_override_message(override: str, reason: str) -> str:
             f"Hydra says: {reason}\nWrite it as key=value, e.g. data.root=my_images."
         )
     fixed = quoted_override(key, value)
-    if not _parses(fixed):
+    if parse_error(fixed) is not None:
         return f"{key}={value!r}: Hydra cannot read this value ({reason})."
     return (
         f"{key}: Hydra cannot read the value {value!r} as written (characters such as = ( ) [ ] , or "
@@ -61,16 +63,10 @@ def unreadable_override_message(override: str, reason: str) -> str:
 
 def check_overrides(overrides: Sequence[str]) -> None:
     """Raise ConfigError, with the quoted form that works, for the first override Hydra cannot parse."""
-    try:
-        OverridesParser.create().parse_overrides(list(overrides))
-        return
-    except OverrideParseException:
-        pass
     for override in overrides:
-        try:
-            OverridesParser.create().parse_overrides([override])
-        except OverrideParseException as err:
-            raise ConfigError(unreadable_override_message(override, str(err).splitlines()[0])) from None
+        reason = parse_error(override)
+        if reason is not None:
+            raise ConfigError(unreadable_override_message(override, reason))
 
 
 def check_command_line(argv: Sequence[str] | None = None) -> None:
@@ -92,8 +88,6 @@ def check_command_line(argv: Sequence[str] | None = None) -> None:
 def user_override(key: str) -> str | None:
     """The value the user gave `key` on the command line of the running Hydra job (the last one), or None
     when not given or outside a Hydra run."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return None
     given = [
@@ -105,8 +99,6 @@ def user_override(key: str) -> str | None:
 def config_file(group: str, option: str) -> Path | None:
     """The YAML file of `option` in config group `group`, from the running Hydra app's file search path
     (the package's conf/ and hydra.searchpath folders), or None."""
-    from hydra.core.hydra_config import HydraConfig
-
     for source in HydraConfig.get().runtime.config_sources:
         path = Path(source.path) / group / f"{option}.yaml"
         if source.schema == "file" and path.is_file():
@@ -163,8 +155,6 @@ def reconcile_experiment_data(
 def check_experiment_data(cfg: DictConfig) -> None:
     """In a Hydra run with experiment=NAME and data=SOURCE both given: `reconcile_experiment_data` on
     cfg.data, its message shown in a yellow panel."""
-    from hydra.core.hydra_config import HydraConfig
-
     if not HydraConfig.initialized():
         return
     runtime = HydraConfig.get().runtime

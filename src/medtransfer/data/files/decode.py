@@ -50,10 +50,6 @@ class Decoded:
     value_range: tuple[float, float] | None = None
 
 
-def _has_dicom_magic(head: bytes) -> bool:
-    return head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
-
-
 def is_dicom(path: str | Path, head: bytes | None = None) -> bool:
     """By extension, or by the DICM marker (DICOM files often have no extension). `head`: the file's
     first bytes when already read."""
@@ -65,7 +61,7 @@ def is_dicom(path: str | Path, head: bytes | None = None) -> bool:
                 head = f.read(DICOM_MAGIC_OFFSET + 4)
         except OSError:
             return False
-    return _has_dicom_magic(head)
+    return head[DICOM_MAGIC_OFFSET : DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
 def is_image_file(path: str | Path) -> bool:

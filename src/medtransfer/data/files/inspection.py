@@ -30,6 +30,7 @@ from medtransfer.data.files.decode import (
     is_image_file,
 )
 from medtransfer.data.files.listing import shown_path
+from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,7 @@ def _is_gray(array: np.ndarray) -> bool:
     if array.ndim == 2:
         return True
     a = array.astype(np.int16)
-    return bool(
-        np.abs(a[..., 0] - a[..., 1]).max() <= GRAY_TOLERANCE
-        and np.abs(a[..., 0] - a[..., 2]).max() <= GRAY_TOLERANCE
-    )
+    return bool(np.abs(a - a[..., :1]).max() <= GRAY_TOLERANCE)  # every channel against the first
 
 
 def _grey_levels(array: np.ndarray) -> int:
@@ -109,30 +107,20 @@ def inspect_file(path: str, window: Sequence[float] | None = None) -> FileFacts:
     except DataError:
         raise
     except MissingDecoderError as err:
-        return FileFacts(
-            sha1=sha1,
-            reason=str(err),
-            fix=f'install the DICOM decoders: {DECODER_INSTALL} (or python -m pip install -e ".[dicom]")',
-        )
+        reason = str(err)
+        fix = f'install the DICOM decoders: {DECODER_INSTALL} (or python -m pip install -e ".[dicom]")'
     except (ImageTooLargeError, Image.DecompressionBombError) as err:
-        return FileFacts(
-            sha1=sha1,
-            reason=f"too large: {err}",
-            fix="check the file (a header declaring more pixels than it holds is a decompression bomb); "
-            "if the image is genuine, downsample it, or raise the limit",
+        reason = f"too large: {err}"
+        fix = (
+            "check the file (a header declaring more pixels than it holds is a decompression bomb); "
+            "if the image is genuine, downsample it, or raise the limit"
         )
     except UnsupportedImageError as err:
-        return FileFacts(
-            sha1=sha1,
-            reason=f"unsupported: {err}",
-            fix="export the image as a single 2-D image (PNG, or single-frame DICOM), or remove it",
-        )
+        reason = f"unsupported: {err}"
+        fix = "export the image as a single 2-D image (PNG, or single-frame DICOM), or remove it"
     except UnidentifiedImageError:
-        return FileFacts(
-            sha1=sha1,
-            reason=f"unreadable: the content is not a {Path(path).suffix} image (no known image format)",
-            fix="replace it with the real image, or remove it",
-        )
+        reason = f"unreadable: the content is not a {Path(path).suffix} image (no known image format)"
+        fix = "replace it with the real image, or remove it"
     except Exception as err:
         message = f"{err.__class__.__name__}: {err}"
         reason = (
@@ -140,18 +128,20 @@ def inspect_file(path: str, window: Sequence[float] | None = None) -> FileFacts:
             if "truncated" in str(err).lower()
             else f"corrupt: {message}"
         )
-        return FileFacts(sha1=sha1, reason=reason, fix="copy or export the image again, or remove it")
-    array = decoded.array
-    gray = _is_gray(array)
-    return FileFacts(
-        sha1=sha1,
-        mode=decoded.mode,
-        height=int(array.shape[0]),
-        width=int(array.shape[1]),
-        gray=gray,
-        levels=_grey_levels(array) if gray else 256,
-        value_range=decoded.value_range,
-    )
+        fix = "copy or export the image again, or remove it"
+    else:
+        array = decoded.array
+        gray = _is_gray(array)
+        return FileFacts(
+            sha1=sha1,
+            mode=decoded.mode,
+            height=int(array.shape[0]),
+            width=int(array.shape[1]),
+            gray=gray,
+            levels=_grey_levels(array) if gray else 256,
+            value_range=decoded.value_range,
+        )
+    return FileFacts(sha1=sha1, reason=reason, fix=fix)
 
 
 def fingerprint(paths: list[str], window: Sequence[float] | None = None) -> str:
@@ -179,13 +169,12 @@ def _read_cache(cache_file: Path, paths: list[str]) -> dict[str, FileFacts] | No
 
 
 def _write_cache(cache_file: Path, facts: dict[str, FileFacts]) -> None:
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(
-            json.dumps({"version": INSPECTION_VERSION, "files": {p: asdict(f) for p, f in facts.items()}})
+    try:  # atomic: DDP ranks may write the same file
+        atomic_write_json(
+            cache_file,
+            {"version": INSPECTION_VERSION, "files": {p: asdict(f) for p, f in facts.items()}},
+            indent=None,
         )
-        os.replace(tmp, cache_file)  # atomic: DDP ranks may write the same file
     except OSError as err:
         log.warning(
             "Could not write the inspection cache %s (%s); the next run will inspect the files again.",

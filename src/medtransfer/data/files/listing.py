@@ -9,6 +9,7 @@ again. Names that are not valid UTF-8 (possible on Linux) are kept as Python giv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -47,11 +48,9 @@ def walk_files(folder: str | Path) -> Walk:
     files: list[str] = []
     unreadable: list[tuple[str, str]] = []
     seen: dict[tuple[int, int], str] = {}
-    try:
+    with contextlib.suppress(OSError):  # an unreadable top folder is reported by os.walk's onerror
         st = os.stat(top)
         seen[(st.st_dev, st.st_ino)] = top
-    except OSError:
-        pass
 
     def on_error(err: OSError) -> None:
         unreadable.append((err.filename or top, err.strerror or str(err)))

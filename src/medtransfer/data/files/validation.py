@@ -15,7 +15,7 @@ from medtransfer.data.files.inspection import FileFacts
 from medtransfer.data.files.listing import shown_path
 from medtransfer.data.items import Item
 from medtransfer.data.splits import SPLITS
-from medtransfer.utils.errors import ConfigError, DataError
+from medtransfer.utils.errors import DataError
 
 ON_BAD = ("error", "skip")
 
@@ -158,12 +158,6 @@ def single_class_problems(
                 )
             )
     return problems
-
-
-def check_on_bad(on_bad: str) -> str:
-    if on_bad not in ON_BAD:
-        raise ConfigError(f"data.on_bad={on_bad!r}: use one of {', '.join(ON_BAD)}.")
-    return on_bad
 
 
 def enforce(problems: list[Problem], on_bad: str) -> list[Problem]:

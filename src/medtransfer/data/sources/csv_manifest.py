@@ -379,15 +379,12 @@ class CsvDataModule(ImageFilesDataModule):
             if value is not None and value != value:  # NaN
                 value = -1.0
             if value not in (1.0, 0.0, -1.0):
-                return (
-                    "",
-                    None,
-                    Problem.of_file(
-                        path,
-                        f"{cell!r} in column {column!r} on {line} is not a label value",
-                        "write 1 (positive), 0 (negative), or -1 / blank (unknown)",
-                    ),
+                problem = Problem.of_file(
+                    path,
+                    f"{cell!r} in column {column!r} on {line} is not a label value",
+                    "write 1 (positive), 0 (negative), or -1 / blank (unknown)",
                 )
+                return "", None, problem
             targets.append(int(value))
         text = "|".join(("?" if t < 0 else "") + c for c, t in zip(columns, targets, strict=True) if t != 0)
         return text, tuple(targets), None

@@ -4,7 +4,6 @@ that no patient and no image is in two splits), and keep small data sets decoded
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from abc import abstractmethod
@@ -21,8 +20,8 @@ from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
 from medtransfer.data.files.decode import read_image, resolve_window
 from medtransfer.data.files.inspection import FileFacts, Inspection, few_levels_message, inspect_files
 from medtransfer.data.files.validation import (
+    ON_BAD,
     Problem,
-    check_on_bad,
     conflicting_label_problems,
     duplicate_problems,
     enforce,
@@ -41,7 +40,6 @@ from medtransfer.data.splits import (
     iterative_grouped_folds,
     iterative_grouped_split,
 )
-from medtransfer.utils.atomic_write import atomic_open
 from medtransfer.utils.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -81,6 +79,20 @@ def _warn_few_levels(facts: dict[str, FileFacts], window: Sequence[float] | None
         log.warning(message)
 
 
+def _groups(items: list[Item], facts: dict[str, FileFacts]) -> np.ndarray:
+    """A group per item: the images of one patient, and copies of one image (content hash), together."""
+    return connected_groups([i.patient for i in items], [facts[i.path].sha1 for i in items])
+
+
+def _strata(items: list[Item]) -> tuple[np.ndarray, bool]:
+    """What splits and folds are stratified by, and whether it is multi-label: the label vectors (N, L),
+    unknown as NaN, or the labels (N,)."""
+    if items and items[0].targets is not None:
+        targets = np.array([i.targets for i in items], dtype=float)
+        return np.where(targets < 0, np.nan, targets), True
+    return np.array([i.label for i in items]), False
+
+
 class ImageFilesDataModule(MedicalImageDataModule):
     """on_bad: "error" (stop, listing every problem) or "skip" (leave those files out).
     cache: "ram" keeps every decoded image in memory, "none" decodes on every read, "auto" is "ram" when
@@ -107,7 +119,9 @@ class ImageFilesDataModule(MedicalImageDataModule):
         super().__init__(**kwargs)
         self.folds, self.fold = check_folds(folds, fold)
         self.fold_of: dict[str, int] = {}  # path -> fold, for folds.csv (test images are not in it)
-        self.on_bad = check_on_bad(on_bad)
+        if on_bad not in ON_BAD:
+            raise ConfigError(f"data.on_bad={on_bad!r}: use one of {', '.join(ON_BAD)}.")
+        self.on_bad = on_bad
         if cache not in CACHE_MODES:
             raise ConfigError(f"data.cache={cache!r}: use one of {', '.join(CACHE_MODES)}.")
         self.cache = cache
@@ -163,52 +177,30 @@ class ImageFilesDataModule(MedicalImageDataModule):
         skipped = enforce(problems, self.on_bad)
         if skipped:
             _report_skipped(len(left_out(skipped)))
-        if self.evaluating:
-            if not items:
-                raise DataError(f"No usable image in {self.describe_source()}: nothing to evaluate.")
-            classes = listing.classes if multilabel else present
-            return self.split_data(
-                items,
-                classes,
-                facts,
-                made_split=not listing.split_given and not kept_whole,
-                skipped=skipped,
-                multilabel=multilabel,
-            )
-        if multilabel and not present:
+        if self.evaluating and not items:
+            raise DataError(f"No usable image in {self.describe_source()}: nothing to evaluate.")
+        if not self.evaluating and multilabel and not present:
             raise DataError(
                 f"{self.locate('train')}: no usable image has any of the labels {', '.join(listing.classes)}; "
                 "a multi-label classifier needs positives."
             )
-        if not multilabel and len(present) < 2:
+        if not self.evaluating and not multilabel and len(present) < 2:
             raise DataError(
                 f"{self.locate('train')}: {len(present)} class(es) with usable images ({', '.join(present) or 'none'}); "
                 "a classifier needs at least 2."
             )
         classes = listing.classes if multilabel else present
-        return self.split_data(
-            items, classes, facts, made_split=not listing.split_given, skipped=skipped, multilabel=multilabel
-        )
+        made_split = not listing.split_given and not kept_whole
+        return self.split_data(items, classes, facts, made_split, skipped=skipped, multilabel=multilabel)
 
     def assign_splits(self, items: list[Item], facts: dict[str, FileFacts]) -> list[Item]:
         """Stratified by class (multi-label: by the label vectors, iterative stratification); the images of
         one patient, and copies of one image, go to one split."""
-        groups = connected_groups([i.patient for i in items], [facts[i.path].sha1 for i in items])
         # with folds the val split made here joins train in the folds: the test split is the one a run without
         # folds makes from the same seed, so a fold ensemble and a single split are tested on the same images
-        val_fraction = self.val_fraction
-        if items and items[0].targets is not None:
-            targets = np.array([i.targets for i in items], dtype=float)
-            assignment = iterative_grouped_split(
-                np.where(targets < 0, np.nan, targets),
-                groups,
-                val_fraction,
-                self.test_fraction,
-                self.seed,
-            )
-        else:
-            labels = np.array([i.label for i in items])
-            assignment = grouped_split(labels, groups, val_fraction, self.test_fraction, self.seed)
+        strata, multilabel = _strata(items)
+        split = iterative_grouped_split if multilabel else grouped_split
+        assignment = split(strata, _groups(items, facts), self.val_fraction, self.test_fraction, self.seed)
         return [replace(i, split=s) for i, s in zip(items, assignment, strict=True)]
 
     def assign_folds(self, items: list[Item], facts: dict[str, FileFacts]) -> list[Item]:
@@ -216,14 +208,9 @@ class ImageFilesDataModule(MedicalImageDataModule):
         patient and every copy of an image in one fold); fold data.fold becomes val, the others train.
         The test split stays as it was made or given."""
         pool = [i for i in items if i.split != "test"]
-        groups = connected_groups([i.patient for i in pool], [facts[i.path].sha1 for i in pool])
-        if pool and pool[0].targets is not None:
-            targets = np.array([i.targets for i in pool], dtype=float)
-            folds = iterative_grouped_folds(
-                np.where(targets < 0, np.nan, targets), groups, self.folds, self.seed
-            )
-        else:
-            folds = grouped_folds(np.array([i.label for i in pool]), groups, self.folds, self.seed)
+        strata, multilabel = _strata(pool)
+        make_folds = iterative_grouped_folds if multilabel else grouped_folds
+        folds = make_folds(strata, _groups(pool, facts), self.folds, self.seed)
         self.fold_of = {i.path: int(f) for i, f in zip(pool, folds, strict=True)}
         return [
             i
@@ -238,18 +225,9 @@ class ImageFilesDataModule(MedicalImageDataModule):
         self.setup()
         if not self.folds:
             return False
-        rows = []
-        for split in SPLITS:
-            part = self.data.splits[split]
-            patients = part.patients or [None] * len(part)
-            for name, label, patient in zip(part.paths, part.labels, patients, strict=True):
-                fold = "test" if split == "test" else self.fold_of[name]
-                rows.append([name, self.label_text(label), fold, patient or ""])
-        with_patients = any(r[3] for r in rows)
-        with atomic_open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            writer = csv.writer(f)
-            writer.writerow(["path", "label", "fold", *(["patient"] if with_patients else [])])
-            writer.writerows(r if with_patients else r[:3] for r in sorted(rows))
+        self.write_image_table(
+            path, "fold", lambda split, name: "test" if split == "test" else self.fold_of[name], by_path=True
+        )
         return True
 
     def split_data(
@@ -266,11 +244,8 @@ class ImageFilesDataModule(MedicalImageDataModule):
         splits = {}
         for s in [s for s in (*SPLITS, "all") if any(i.split == s for i in items)]:  # "all": kept whole
             part = [i for i in items if i.split == s]
-            if multilabel:
-                targets = np.array([i.targets for i in part], dtype=np.float32).reshape(
-                    len(part), len(classes)
-                )
-                labels = np.where(targets < 0, np.nan, targets).astype(np.float32)
+            if multilabel:  # (N, L), unknown as NaN
+                labels = _strata(part)[0].astype(np.float32)
             else:
                 labels = np.array([index[i.label] for i in part], dtype=np.int64)
             splits[s] = Split(
@@ -306,28 +281,19 @@ class ImageFilesDataModule(MedicalImageDataModule):
                 self.cache_limit_gb,
             )
             return
-        paths = [p for s in splits for p in splits[s].paths]
         options = self.decode_options()
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            images = list(pool.map(lambda p: read_image(p, channels, **options), paths))
-        start = 0
-        for s in splits:
-            splits[s].images = images[start : start + len(splits[s])]
-            start += len(splits[s])
+            for part in splits.values():
+                part.images = list(pool.map(lambda p: read_image(p, channels, **options), part.paths))
         log.info(
-            "Decoded %d images into RAM (%.0f MiB, data.cache=%s).", len(images), nbytes / 2**20, self.cache
+            "Decoded %d images into RAM (%.0f MiB, data.cache=%s).", len(facts), nbytes / 2**20, self.cache
         )
 
 
 def check_folds(folds, fold) -> tuple[int | None, int]:
     """(folds, fold) as ints; ConfigError naming the value for a fold count below 2 or a fold outside
     0 … folds-1."""
-    if folds in (None, 0, 1, "null"):
-        if folds in (0, 1):
-            raise ConfigError(
-                f"data.folds={folds}: cross-validation needs at least 2 folds; use data.folds=5 (or null for "
-                "one train/val/test split)."
-            )
+    if folds in (None, "null"):
         return None, int(fold or 0)
     try:
         folds, fold = int(folds), int(fold)
@@ -336,7 +302,10 @@ def check_folds(folds, fold) -> tuple[int | None, int]:
             f"data.folds={folds!r} data.fold={fold!r}: both must be whole numbers, e.g. data.folds=5 data.fold=0."
         ) from None
     if folds < 2:
-        raise ConfigError(f"data.folds={folds}: cross-validation needs at least 2 folds; use data.folds=5.")
+        raise ConfigError(
+            f"data.folds={folds}: cross-validation needs at least 2 folds; use data.folds=5 (or null for "
+            "one train/val/test split)."
+        )
     if not 0 <= fold < folds:
         raise ConfigError(
             f"data.fold={fold}: not a fold of data.folds={folds}; use 0 … {folds - 1} (hparams_search=kfold "

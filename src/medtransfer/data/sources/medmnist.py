@@ -126,21 +126,20 @@ class MedMNISTDataModule(MedicalImageDataModule):
         }
 
     def prepare_data(self) -> None:
-        if self.path is None:
-            if not self.name:
-                raise DataError(
-                    "data=medmnist needs data.path=FILE.npz or data.name=<medmnist set> (e.g. pneumoniamnist)."
-                )
-            self.download_dir.mkdir(parents=True, exist_ok=True)
-            download_medmnist(self.name, self.size, self.download_dir)
+        self._file()
 
     def _file(self) -> Path:
+        """data.path, or the official file of data.name, downloaded when missing."""
         if self.path is not None:
             if not self.path.is_file():
                 raise DataError(f"data.path={self.path}: no such file. Give a MedMNIST-style .npz file.")
             return self.path
-        self.prepare_data()
-        return self.download_dir / medmnist_filename(self.name, self.size)
+        if not self.name:
+            raise DataError(
+                "data=medmnist needs data.path=FILE.npz or data.name=<medmnist set> (e.g. pneumoniamnist)."
+            )
+        self.download_dir.mkdir(parents=True, exist_ok=True)
+        return download_medmnist(self.name, self.size, self.download_dir)
 
     def load_splits(self) -> SplitData:
         file = self._file()
@@ -162,18 +161,14 @@ class MedMNISTDataModule(MedicalImageDataModule):
                 "every split needs the same labels."
             )
         multilabel = widths.pop() > 1
+        splits = {}
+        for s, (images, labels) in raw.items():
+            labels = multilabel_targets(file, s, labels) if multilabel else labels[:, 0].astype(np.int64)
+            splits[s] = Split(labels=labels, images=images)
         if multilabel:
-            splits = {
-                s: Split(labels=multilabel_targets(file, s, labels), images=images)
-                for s, (images, labels) in raw.items()
-            }
             num_classes = splits["train"].labels.shape[1]
             names = self.class_names or LABEL_NAMES.get(self.name)
         else:
-            splits = {
-                s: Split(labels=labels[:, 0].astype(np.int64), images=images)
-                for s, (images, labels) in raw.items()
-            }
             num_classes = int(max(s.labels.max() for s in splits.values())) + 1
             names = self.class_names or (MEDMNIST[self.name][0] if self.name in MEDMNIST else None)
         classes = names or [str(i) for i in range(num_classes)]
