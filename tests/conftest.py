@@ -3,8 +3,15 @@ files) and the real Hydra config composed once and overridden per test, with tin
 
 from __future__ import annotations
 
-import io
 import os
+
+# Before torch loads its OpenMP runtime (here and, through the environment, in every command a test starts):
+# threads that wait for work sleep instead of spinning. On a shared 2-core machine spinning threads of
+# several processes (the test process, DDP ranks, sweep jobs, other work) starve each other: a tiny training
+# step took 2-3 s instead of 0.2 s. A value already set is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import io
 from pathlib import Path
 
 import numpy as np

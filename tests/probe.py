@@ -77,6 +77,27 @@ class SlowBatches(L.Callback):
         time.sleep(self.seconds)
 
 
+class HoldUntilReleased(L.Callback):
+    """After the first training batch, marks `out_dir/held` and waits until the file `release` exists (at
+    most `timeout` seconds): keeps a run busy for exactly as long as a test needs it running."""
+
+    def __init__(self, out_dir: str, release: str, timeout: float = 300):
+        self.out_dir = Path(out_dir)
+        self.release = Path(release)
+        self.timeout = timeout
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import time
+
+        if trainer.current_epoch or batch_idx:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "held").touch()
+        deadline = time.monotonic() + self.timeout
+        while not self.release.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 class InterruptJobOnce(L.Callback):
     """Ctrl-C (KeyboardInterrupt) after the first training batch of sweep job `job`, once: the marker file
     `out_dir/interrupted` records that it happened, so a re-run of the same sweep goes through."""

@@ -52,6 +52,9 @@ TINY = {
     "data.num_workers": "0",
     "print_config": "false",
     "++callbacks.explanations.images": "0",
+    # experiment=medmnist raises the epochs to reach 1,000 optimizer steps (tested on its own in
+    # test_compare_runs.py); here every run trains its one epoch
+    "train_length.min_steps": "null",
 }
 EVAL_TINY = {"trainer.accelerator": "cpu"}
 PREDICT_TINY = {"num_workers": "0"}

@@ -237,6 +237,7 @@ def test_a_locked_dir_is_refused_and_a_dead_owners_lock_is_taken_over(tmp_path, 
 @pytest.mark.slow
 def test_a_second_run_into_a_running_runs_dir_stops_at_once(tmp_path, npz_file):
     marks = tmp_path / "marks"
+    marks.mkdir()
     first = [
         sys.executable,
         "-m",
@@ -247,28 +248,31 @@ def test_a_second_run_into_a_running_runs_dir_stops_at_once(tmp_path, npz_file):
         *FAST,
         f"paths.log_dir={tmp_path / 'outputs'}",
         "hydra.run.dir=outputs/run",
-        "+callbacks.slow._target_=probe.SlowBatches",
-        "trainer.max_epochs=3",
-        "+callbacks.slow.seconds=2",
-        f"+callbacks.slow.out_dir={marks}",
+        # the first run holds after its first batch until the second run has been refused
+        "+callbacks.hold._target_=probe.HoldUntilReleased",
+        f"+callbacks.hold.out_dir={marks}",
+        f"+callbacks.hold.release={marks / 'release'}",
     ]
     proc = subprocess.Popen(
         first, env=env_with_tests(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    deadline = time.time() + 300
-    while not (marks / "epoch0_batch0").exists():
-        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
-        time.sleep(0.1)
-    run = tmp_path / "outputs" / "run"
-    config = (run / ".hydra" / "config.yaml").read_text()
-    config_mtime = (run / ".hydra" / "config.yaml").stat().st_mtime_ns
+    try:
+        deadline = time.time() + 300
+        while not (marks / "held").exists():
+            assert proc.poll() is None and time.time() < deadline, proc.stdout.read()[-3000:]
+            time.sleep(0.1)
+        run = tmp_path / "outputs" / "run"
+        config = (run / ".hydra" / "config.yaml").read_text()
+        config_mtime = (run / ".hydra" / "config.yaml").stat().st_mtime_ns
 
-    second = run_train_cli(tmp_path, npz_file, "hydra.run.dir=outputs/run", "optimizer.lr=0.1")
-    assert proc.poll() is None, "the first run should still be running"
-    assert second.returncode == 2, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "isinusebyanotherrun:pid" in "".join(second.stdout.replace("│", "").split())  # a wrapped panel
-    assert (run / ".hydra" / "config.yaml").read_text() == config
-    assert (run / ".hydra" / "config.yaml").stat().st_mtime_ns == config_mtime
+        second = run_train_cli(tmp_path, npz_file, "hydra.run.dir=outputs/run", "optimizer.lr=0.1")
+        assert proc.poll() is None, "the first run should still be running"
+        assert second.returncode == 2, second.stdout[-3000:] + second.stderr[-3000:]
+        assert "isinusebyanotherrun:pid" in "".join(second.stdout.replace("│", "").split())  # a wrapped panel
+        assert (run / ".hydra" / "config.yaml").read_text() == config
+        assert (run / ".hydra" / "config.yaml").stat().st_mtime_ns == config_mtime
+    finally:
+        (marks / "release").touch()
 
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
