@@ -95,6 +95,11 @@ def test_last_ckpt_waits_min_interval_and_best_ckpt_waits_for_it(train_config):
     best = load_checkpoint_file(trainer.checkpoint_callback.best_model_path)
     assert last["global_step"] == trainer.global_step and "optimizer_states" in last  # the end of training
     assert "optimizer_states" not in best and best["epoch"] <= 2
+    # the threshold fitted on validation went into the held best.ckpt before it was written
+    assert (
+        best["medtransfer"]["operating_point"]["threshold"]
+        == trainer.lightning_module.operating_point["threshold"]
+    )
     # resuming from it trains nothing more
     datamodule = build_data(cfg)
     model = build_model(cfg, datamodule)

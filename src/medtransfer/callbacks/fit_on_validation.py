@@ -27,6 +27,7 @@ from medtransfer.evaluation.multilabel import fit_on_validation_multilabel
 from medtransfer.evaluation.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
 from medtransfer.evaluation.split_report import write_decision_settings
 from medtransfer.models.checkpoint import add_to_checkpoint, best_validation_outputs
+from medtransfer.utils.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,9 @@ class FitOnValidation(L.Callback):
         self.threshold_rule = threshold_rule
         self.target_sensitivity = target_sensitivity
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """At the end of training, before the fit's teardown writes a best.ckpt still held in memory
+        (utils/checkpoint_io.py): the fitted values go into it then, without rewriting the file."""
         thresholded = pl_module.task.name in ("binary", "multilabel")
         if trainer.datamodule is None or not (self.calibrate or (self.threshold_rule and thresholded)):
             return
@@ -133,8 +136,13 @@ class FitOnValidation(L.Callback):
                 )
             best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
             if best_path:  # best.ckpt carries them to the test, eval and predict
-                calibration, operating_point = fitted
-                add_to_checkpoint(best_path, calibration=calibration, operating_point=operating_point)
+                entries = {"calibration": fitted[0], "operating_point": fitted[1]}
+                checkpoint_io = trainer.strategy.checkpoint_io
+                if not (
+                    isinstance(checkpoint_io, AtomicCheckpointIO)
+                    and checkpoint_io.update_held(best_path, **entries)
+                ):
+                    add_to_checkpoint(best_path, **entries)
         calibration, operating_point = trainer.strategy.broadcast(fitted, src=0)
         pl_module.calibration, pl_module.operating_point = calibration, operating_point
         if trainer.is_global_zero:

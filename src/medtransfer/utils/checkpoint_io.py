@@ -181,6 +181,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             path, checkpoint = self.held.popitem()
             self._write(checkpoint, path)
 
+    def update_held(self, path, **entries) -> bool:
+        """Store `entries` in the medtransfer section of the checkpoint held for `path`, if one is held (it is
+        written with them); False when none is (the file is already written: models/checkpoint.py
+        `add_to_checkpoint` rewrites it)."""
+        held = self.held.get(str(path))
+        if held is None:
+            return False
+        held.setdefault("medtransfer", {}).update(entries)
+        return True
+
     def remove_checkpoint(self, path) -> None:
         self.held.pop(str(path), None)
         super().remove_checkpoint(path)
