@@ -135,3 +135,27 @@ def test_reconcile_experiment_data_keeps_the_chosen_sources_options():
     assert "batch_size" not in message
     # the experiment's own source: nothing to say, nothing removed
     assert reconcile_experiment_data(data, "pneumonia", preset, "folder", "folder", set(), set()) is None
+
+
+@pytest.mark.parametrize(
+    ("command", "missing"),
+    [("medtransfer.evaluate", "ckpt_path"), ("medtransfer.predict", "input")],
+)
+def test_a_required_setting_left_out_is_named_without_a_traceback(tmp_path, command, missing):
+    args = (
+        ["trainer.accelerator=cpu"]
+        if command.endswith("evaluate")
+        else [f"ckpt_path={tmp_path / 'best.ckpt'}"]
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", command, *args, f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert f"{missing} is required and was not given" in output and f"e.g. {missing}=" in output
+    assert "Traceback" not in output

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import medtransfer.train as train_module
 from conftest import make_npz
 from medtransfer.evaluation.published import comparison_rows
 from medtransfer.report import seed_groups, summary_table
-from medtransfer.train import build_data, plan_train_length, train
+from medtransfer.train import apply_train_length, build_data, plan_train_length, train
 from medtransfer.utils.errors import ConfigError
 from medtransfer.utils.run_name import file_safe, name_from_overrides, swept_keys
 from medtransfer.utils.train_length import epochs_for_min_steps, optimizer_steps_per_epoch
@@ -48,7 +49,7 @@ def test_min_steps_raises_epochs_and_rejects_nonsense():
         epochs_for_min_steps(3, 4, -5)
 
 
-def test_medmnist_preset_on_500_images_trains_its_minimum_steps(tmp_path, train_config):
+def test_medmnist_preset_on_500_images_trains_its_minimum_steps(tmp_path, train_config, monkeypatch):
     npz = make_npz(tmp_path / "pneumoniamnist.npz", sizes=(500, 16, 16), size=16)
     data = ["data=medmnist", f"data.path={npz}"]
     # the preset as it is (batch 128, 100 epochs, min_steps 1000), only the data smaller
@@ -61,6 +62,14 @@ def test_medmnist_preset_on_500_images_trains_its_minimum_steps(tmp_path, train_
     assert datamodule.image_size == 16  # data.image_size=null: the file's own size
     epochs, steps = plan_train_length(with_preset_epochs, datamodule)
     assert steps == 4 and epochs == 250 and epochs * steps >= 1000
+    # an epoch count the user typed on the command line is kept (and said); the preset's alone is raised
+    typed = {"trainer.max_epochs": "100"}
+    monkeypatch.setattr(train_module, "user_override", typed.get)
+    apply_train_length(with_preset_epochs, datamodule)
+    assert with_preset_epochs.trainer.max_epochs == 100
+    monkeypatch.setattr(train_module, "user_override", {}.get)
+    apply_train_length(with_preset_epochs, datamodule)
+    assert with_preset_epochs.trainer.max_epochs == 250
 
     # end to end, with a minimum a test can afford: the trainer really takes that many steps
     cfg = train_config(

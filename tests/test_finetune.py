@@ -211,3 +211,17 @@ def test_transfer_from_an_earlier_medical_run_drops_its_head(train_config):
         model.backbone.conv1.weight.sum(1, keepdim=True), source["backbone.conv1.weight"]
     )
     assert model.head[-1].out_features == 3
+
+
+def test_a_frozen_start_on_random_weights_is_warned_about(train_config):
+    from medtransfer.train import build_data, build_model
+    from medtransfer.utils.console import console
+
+    for finetune, warned in (("linear_probe", True), ("full", False)):
+        cfg = train_config(f"finetune={finetune}")
+        with console.capture() as captured:
+            build_model(cfg, build_data(cfg))
+        text = " ".join(captured.get().replace("│", " ").split())
+        assert ("keep their random initial weights" in text) is warned, text
+        if warned:
+            assert "stem, layer1, layer2, layer3, layer4 frozen" in text and "model.weights=DEFAULT" in text

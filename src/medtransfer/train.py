@@ -25,7 +25,12 @@ from medtransfer.loggers.tensorboard import HParamsTensorBoardLogger
 from medtransfer.models.classifier import Classifier
 from medtransfer.utils.atomic_write import atomic_write_json
 from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, require_intact
-from medtransfer.utils.command_line import check_command_line, check_experiment_data, quoted_override
+from medtransfer.utils.command_line import (
+    check_command_line,
+    check_experiment_data,
+    quoted_override,
+    user_override,
+)
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -78,6 +83,14 @@ def build_model(cfg: DictConfig, datamodule: MedicalImageDataModule) -> Classifi
         _convert_="all",  # plain values in the checkpoint's hyper-parameters
     )
     datamodule.set_normalization(model.preprocessing["mean"], model.preprocessing["std"])
+    frozen = [g for g in model.groups if g not in model.strategy.trainable(0)]
+    if cfg.model.get("weights") is None and frozen:
+        print_warning(
+            f"finetune={config_value(cfg, 'finetune')} starts with {', '.join(frozen)} frozen, but model.weights=null: "
+            "those layers keep their random initial weights, so the head learns from random features. "
+            "Start from pretrained weights (model.weights=DEFAULT, or a file or run checkpoint), or use "
+            "finetune=full to train from scratch."
+        )
     return model
 
 
@@ -162,18 +175,26 @@ def plan_train_length(cfg: DictConfig, datamodule: MedicalImageDataModule) -> tu
 
 
 def apply_train_length(cfg: DictConfig, datamodule: MedicalImageDataModule) -> None:
-    """Raises cfg.trainer.max_epochs for train_length.min_steps, and says so loudly."""
+    """Raises cfg.trainer.max_epochs for train_length.min_steps, and says so loudly; an epoch count the user
+    typed on the command line (and no min_steps of their own) is kept, and the warning says what it skips."""
     epochs, steps = plan_train_length(cfg, datamodule)
-    if epochs != cfg.trainer.max_epochs:
-        message = (
-            f"train_length.min_steps={cfg.train_length.min_steps}: {cfg.trainer.max_epochs} epochs of "
-            f"{steps} optimizer steps would be {cfg.trainer.max_epochs * steps} steps; training "
-            f"{epochs} epochs ({epochs * steps} steps) instead. Set train_length.min_steps=null to keep "
-            f"trainer.max_epochs."
+    if epochs == cfg.trainer.max_epochs:
+        return
+    min_steps = cfg.train_length.min_steps
+    if user_override("trainer.max_epochs") is not None and user_override("train_length.min_steps") is None:
+        print_warning(
+            f"trainer.max_epochs={cfg.trainer.max_epochs} as given: {cfg.trainer.max_epochs * steps} optimizer "
+            f"steps, below this preset's train_length.min_steps={min_steps} (which would train {epochs} "
+            f"epochs). Add train_length.min_steps={min_steps} to the command line to train that long."
         )
-        print_warning(message)
-        with open_dict(cfg):
-            cfg.trainer.max_epochs = epochs
+        return
+    print_warning(
+        f"train_length.min_steps={min_steps}: {cfg.trainer.max_epochs} epochs of {steps} optimizer steps "
+        f"would be {cfg.trainer.max_epochs * steps} steps; training {epochs} epochs ({epochs * steps} steps) "
+        "instead. Set train_length.min_steps=null to keep trainer.max_epochs."
+    )
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = epochs
 
 
 def train(cfg: DictConfig) -> dict[str, float]:

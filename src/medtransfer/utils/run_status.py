@@ -16,10 +16,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf.errors import MissingMandatoryValue
 
 from medtransfer.utils.atomic_write import RunFileWriteError, atomic_write_json, atomic_write_text
 from medtransfer.utils.console import print_error
-from medtransfer.utils.errors import UserError
+from medtransfer.utils.errors import ConfigError, UserError
 from medtransfer.utils.sweep_jobs import task_overrides
 
 
@@ -40,11 +41,25 @@ def write_status(output_dir: str | Path, status: str, wall_time_s: float, **extr
         print_error(str(err), title="status.json not written")
 
 
+# what a required setting looks like, for the message when it is missing
+REQUIRED_EXAMPLES = {
+    "ckpt_path": "ckpt_path=outputs/train/runs/<time>/checkpoints/best.ckpt",
+    "input": "input=<a folder or file of images>",
+}
+
+
 def user_error(err: BaseException) -> UserError | None:
-    """The UserError behind `err`, also when Hydra's instantiate wrapped it."""
+    """The UserError behind `err`, also when Hydra's instantiate wrapped it; a required setting left
+    unset (OmegaConf's MissingMandatoryValue, `???` in the config) is one too."""
     while err is not None:
         if isinstance(err, UserError):
             return err
+        if isinstance(err, MissingMandatoryValue):
+            key = str(err.full_key or err.key)
+            example = REQUIRED_EXAMPLES.get(key, f"{key}=VALUE")
+            return ConfigError(
+                f"{key} is required and was not given: add it to the command line, e.g. {example}."
+            )
         err = err.__cause__ or err.__context__
     return None
 
