@@ -248,7 +248,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print_metrics(
             {k: v for k, v in member.items() if k != "ckpt_path"}, title=f"member {member['ckpt_path']}"
         )
-    print_metrics(metrics, title=f"{split} metrics of {what} ({len(targets)} images)")
+    print_metrics(metrics, title=f"{split} metrics of {what} ({len(targets)} images; files in {output_dir})")
     return metrics
 
 

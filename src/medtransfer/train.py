@@ -238,7 +238,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def print_published_comparison(cfg: DictConfig, datamodule, metrics: dict[str, float]) -> None:
     """For a MedMNIST set the paper reports on: this run's test AUROC and accuracy beside the paper's."""
     dataset = datamodule.describe_source().get("name")
-    label = f"{cfg.model.backbone} ({datamodule.image_size}), {metrics['epochs']} epochs"
+    label = f"{cfg.model.backbone} ({datamodule.image_size}), {metrics['epochs']} epoch{'s' if metrics['epochs'] != 1 else ''}"
     rows = comparison_rows(dataset, metrics, label)
     if rows:
         print_table(f"{dataset}: this run beside the published results (test split)", rows)

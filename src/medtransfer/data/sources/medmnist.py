@@ -132,7 +132,10 @@ class MedMNISTDataModule(MedicalImageDataModule):
         """data.path, or the official file of data.name, downloaded when missing."""
         if self.path is not None:
             if not self.path.is_file():
-                raise DataError(f"data.path={self.path}: no such file. Give a MedMNIST-style .npz file.")
+                raise DataError(
+                    f"data.path={self.path}: no such file. Give a MedMNIST-style .npz file, or leave "
+                    "data.path out to download the official one by data.name and data.size."
+                )
             return self.path
         if not self.name:
             raise DataError(
