@@ -118,7 +118,7 @@ def best_validation_outputs(trainer, pl_module: Classifier) -> tuple[torch.Tenso
         and callback.monitor == pl_module.hparams.monitor
         and callback.best_model_score is not None
         and float(callback.best_model_score) == stored.score
-        and len(stored.targets) == len(trainer.datamodule.dataloader("val").dataset)
+        and len(stored.targets) == len(trainer.datamodule.dataset("val"))
     ):
         return stored.logits, stored.targets
     with best_model(trainer, pl_module) as model:

@@ -336,7 +336,7 @@ class Classifier(L.LightningModule):
     def validation_step(self, batch, batch_idx):
         step = self._eval_step(batch, "val")
         if not self.trainer.sanity_checking:
-            self._val_outputs.append((step["logits"].cpu(), step["targets"].cpu()))
+            self._val_outputs.append((step["logits"], step["targets"]))  # on the device: no copy per step
         return step
 
     def on_validation_epoch_start(self) -> None:
@@ -360,7 +360,7 @@ class Classifier(L.LightningModule):
             self.best_metric.update(current)
             self.log(f"{monitor}_best", self.best_metric.compute(), prog_bar=True)
             if improved and self._val_outputs and torch.isfinite(torch.as_tensor(current)):
-                logits, targets = (torch.cat(t) for t in zip(*self._val_outputs, strict=True))
+                logits, targets = (torch.cat(t).cpu() for t in zip(*self._val_outputs, strict=True))
                 self.best_val_outputs = BestValidationOutputs(
                     self.current_epoch, float(current), logits, targets
                 )
