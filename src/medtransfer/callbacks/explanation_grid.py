@@ -164,17 +164,14 @@ class ExplanationGrid(L.Callback):
         if not chosen:
             return None
         names = model.class_names
-        mean = torch.tensor(model.preprocessing["mean"]).view(-1, 1, 1)
-        std = torch.tensor(model.preprocessing["std"]).view(-1, 1, 1)
         items = [dataset[i] for i, _, _ in chosen]
         x = torch.stack([image for image, _ in items]).to(device)
         maps = heatmaps(model, x, [pred for _, pred, _ in chosen], self.method)
         rows: dict[int, list[dict]] = {}
         for (_, pred, prob), (image, label), heat in zip(chosen, items, maps, strict=True):
-            shown = ((image * std + mean).clamp(0, 1) * 255).round().to(torch.uint8)
             rows.setdefault(int(label), []).append(
                 {
-                    "image": overlay(shown, heat),
+                    "image": overlay(self.shown(model, image), heat),
                     "caption": f"pred {names[pred]} ({prob:.2f})",
                     "correct": pred == int(label),
                 }
