@@ -217,12 +217,17 @@ def run_main(train_module, overrides: list[str]) -> None:
 
 
 def breakdown(args: argparse.Namespace) -> dict:
-    """One medtransfer-train run with timers around its stages (seconds since the process started)."""
-    import medtransfer.train as train_module
+    """One medtransfer-train run with timers around its stages (seconds since the process started), started
+    as the console script starts it (medtransfer/__main__.py)."""
+    from medtransfer.__main__ import imports_uncollected, skip_final_collection
+
+    with imports_uncollected():
+        import medtransfer.train as train_module
 
     stamps = {"import": time.time() - LAUNCHED}
     timer = StageTimer()
     timer.instrument(train_module, stamps)
+    skip_final_collection()
     run_main(train_module, args.overrides)
     stamps["end"] = time.time() - LAUNCHED
     return {"stamps": stamps, "spent": dict(timer.spent), "total": dict(timer.total)}
@@ -263,9 +268,11 @@ def main() -> None:
         return
     if not args.data.is_file():
         sys.exit(f"{args.data}: no PneumoniaMNIST .npz there; give --data /path/to/pneumoniamnist.npz")
-    medtransfer = shutil.which("medtransfer-train") or sys.exit(
-        "medtransfer-train is not installed (pip install -e .)"
-    )
+    # the console script installed with this Python (not a version manager's shim in front of it)
+    beside = Path(sys.executable).with_name("medtransfer-train")
+    medtransfer = str(beside) if beside.is_file() else shutil.which("medtransfer-train")
+    if medtransfer is None:
+        sys.exit("medtransfer-train is not installed (pip install -e .)")
     me = [sys.executable, str(Path(__file__).resolve())]
     walls: dict[str, list[float]] = {"bare": [], "medtransfer": []}
     aurocs: dict[str, list[float]] = {"bare": [], "medtransfer": []}

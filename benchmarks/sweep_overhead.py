@@ -62,8 +62,12 @@ def overrides(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def child(args: argparse.Namespace, out: Path) -> None:
-    """The sweep in this process, with a snapshot of the timers at the start of every job."""
-    import medtransfer.train as train_module
+    """The sweep in this process, started as the console script starts it (medtransfer/__main__.py), with a
+    snapshot of the timers at the start of every job."""
+    from medtransfer.__main__ import imports_uncollected, skip_final_collection
+
+    with imports_uncollected():
+        import medtransfer.train as train_module
 
     timer = StageTimer()
     timer.instrument(train_module, {})
@@ -78,6 +82,7 @@ def child(args: argparse.Namespace, out: Path) -> None:
     lrs = ",".join(
         f"{lr:.2e}" for lr in (1e-4 * 10 ** (3 * i / max(1, args.jobs - 1)) for i in range(args.jobs))
     )
+    skip_final_collection()
     run_main(train_module, ["-m", f"optimizer.lr={lrs}", *args.overrides])
     end = time.time()
     for job, after in zip(jobs, [*(j["before"] for j in jobs[1:]), dict(timer.spent)], strict=True):
@@ -108,7 +113,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         common = overrides(args, root)
-        warm = [sys.executable, "-m", "medtransfer.train", *common, f"hydra.run.dir={root / 'warm'}"]
+        warm = [sys.executable, "-m", "medtransfer", "train", *common, f"hydra.run.dir={root / 'warm'}"]
         subprocess.run(warm, check=True, capture_output=True)  # fills the feature cache
         result = root / "sweep.json"
         start = time.time()

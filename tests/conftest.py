@@ -169,12 +169,12 @@ TINY_CLI = [*(o for o in TINY if not o.startswith("trainer.max_epochs")), "train
 
 
 def run_train_cli(cwd: Path, npz: Path, *args: str, multirun: bool = False, timeout: int = 500):
-    """`python -m medtransfer.train` on the tiny .npz in a subprocess (tests/ on PYTHONPATH for probes),
+    """`python -m medtransfer train` (as medtransfer-train) on the tiny .npz in a subprocess (tests/ on PYTHONPATH for probes),
     with outputs under cwd/outputs."""
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "medtransfer.train", *(["-m"] if multirun else [])]
+    cmd = [sys.executable, "-m", "medtransfer", "train", *(["-m"] if multirun else [])]
     cmd += ["data=medmnist", f"data.path={npz}", *TINY_CLI, f"paths.log_dir={cwd / 'outputs'}", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

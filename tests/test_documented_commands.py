@@ -294,7 +294,7 @@ def test_every_documented_command_runs(fixtures, capsys):
         args += ["data=folder", f"data.root={fixtures.tree}"]  # the command sweeps over the default data
     fixtures.sweep_dir = fixtures.base / "sweep"
     result = subprocess.run(
-        [sys.executable, "-m", "medtransfer.train", *args, f"hydra.sweep.dir={fixtures.sweep_dir}"],
+        [sys.executable, "-m", "medtransfer", "train", *args, f"hydra.sweep.dir={fixtures.sweep_dir}"],
         capture_output=True,
         text=True,
         timeout=600,

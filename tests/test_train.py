@@ -146,11 +146,15 @@ def test_callbacks_none_trains_and_writes_no_extra_files(train_config):
 
 
 def test_the_log_file_holds_the_console_tables_and_every_warning(tmp_path, npz_file):
+    """Run as the console script runs (medtransfer/__main__.py, the interpreter's last garbage collection
+    skipped): what the command wrote is complete once the process has exited."""
     from conftest import run_train_cli
 
     result = run_train_cli(tmp_path, npz_file, "trainer.log_every_n_steps=50")
     assert result.returncode == 0, result.stderr[-3000:]
     (log,) = (tmp_path / "outputs" / "train" / "runs").glob("*/train.log")
+    written = json.loads((log.parent / "metrics.json").read_text())
+    assert read_events(log.parent).Scalars("test/auroc")[-1].value == pytest.approx(written["test/auroc"])
     text = log.read_text()
     for shown in (
         "data details",

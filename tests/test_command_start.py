@@ -1,0 +1,45 @@
+"""How a command starts and ends (medtransfer/__main__.py): its imports without cyclic garbage collection,
+then frozen; `python -m medtransfer COMMAND` as `medtransfer-COMMAND`. Each case runs in its own
+interpreter, since a frozen object stays frozen for the life of the process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+PROBE = """
+import gc
+from medtransfer.__main__ import imports_uncollected
+
+frozen_before = gc.get_freeze_count()
+with imports_uncollected():
+    paused = not gc.isenabled()
+    made = [[] for _ in range(50_000)]
+    for a in made:
+        a.append(a)  # reference cycles, made while importing
+print(paused, gc.isenabled(), gc.get_freeze_count() - frozen_before >= 50_000)
+del made
+print(gc.collect() == 0)  # the frozen cycles are left alone
+"""
+
+
+def python(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_imports_run_without_the_collector_and_are_frozen_after():
+    done = python("-c", PROBE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_python_m_medtransfer_runs_the_named_command():
+    done = python("-m", "medtransfer", "report", "--help")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: medtransfer-report")  # report's own parser, named as the script
+
+
+def test_python_m_medtransfer_without_a_command_says_which_there_are():
+    done = python("-m", "medtransfer", "fit")
+    assert done.returncode == 1
+    assert "usage: python -m medtransfer {train,eval,predict,report}" in done.stderr
