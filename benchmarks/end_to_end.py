@@ -12,6 +12,7 @@ images, TensorBoard, run files, resumable last.ckpt) is inside its time: that is
     python benchmarks/end_to_end.py                        # 3 epochs, 3 rounds, CPU
     python benchmarks/end_to_end.py --epochs 1 --rounds 1  # a quick look
     python benchmarks/end_to_end.py --accelerator gpu --json out.json
+    python benchmarks/end_to_end.py --before ../old-checkout/src  # before/after a change, same rounds
 
 The child modes (`--child bare`, `--child breakdown`) are what the rounds run.
 """
@@ -24,6 +25,7 @@ LAUNCHED = time.time()  # the breakdown's origin: before anything is imported
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -43,6 +45,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternating pairs (bare, medtransfer)")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="another checkout's src/ (the code before a change), timed in every round too: "
+        "python -m medtransfer.train with PYTHONPATH=BEFORE",
+    )
     parser.add_argument("--child", choices=["bare", "breakdown"], help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra medtransfer-train overrides")
@@ -274,8 +282,9 @@ def main() -> None:
     if medtransfer is None:
         sys.exit("medtransfer-train is not installed (pip install -e .)")
     me = [sys.executable, str(Path(__file__).resolve())]
-    walls: dict[str, list[float]] = {"bare": [], "medtransfer": []}
-    aurocs: dict[str, list[float]] = {"bare": [], "medtransfer": []}
+    sides = ["bare", "medtransfer", *(["before"] if args.before else [])]
+    walls: dict[str, list[float]] = {side: [] for side in sides}
+    aurocs: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for r in range(args.rounds):
@@ -302,10 +311,13 @@ def main() -> None:
             wall, _ = run([medtransfer, *medtransfer_overrides(args, run_dir)])
             walls["medtransfer"].append(wall)
             aurocs["medtransfer"].append(json.loads((run_dir / "metrics.json").read_text())["test/auroc"])
-            print(
-                f"round {r + 1}: bare {walls['bare'][-1]:.1f} s, medtransfer {walls['medtransfer'][-1]:.1f} s",
-                flush=True,
-            )
+            if args.before:
+                run_dir = tmp / f"before{r}"
+                env = {**os.environ, "PYTHONPATH": str(args.before.resolve())}
+                command = [sys.executable, "-m", "medtransfer.train", *medtransfer_overrides(args, run_dir)]
+                walls["before"].append(run(command, env)[0])
+                aurocs["before"].append(json.loads((run_dir / "metrics.json").read_text())["test/auroc"])
+            print(f"round {r + 1}: " + ", ".join(f"{s} {walls[s][-1]:.1f} s" for s in sides), flush=True)
         run_dir, out = tmp / "breakdown", tmp / "breakdown.json"
         wall, _ = run([*me, "--child", "breakdown", "--out", str(out), *medtransfer_overrides(args, run_dir)])
         parts = json.loads(out.read_text())
@@ -317,6 +329,11 @@ def main() -> None:
         f"  medtransfer-train     {median['medtransfer']:7.1f} s   test AUROC {aurocs['medtransfer'][-1]:.4f}"
     )
     print(f"  ratio                 {ratio:7.3f}")
+    if args.before:
+        print(
+            f"  before ({args.before})  {median['before']:7.1f} s   test AUROC {aurocs['before'][-1]:.4f}"
+            f"   ratio {median['before'] / median['bare']:.3f}"
+        )
     rows = breakdown_rows(parts, wall)
     print(f"\nmedtransfer-train, one run with timers ({wall:.1f} s of wall time):")
     for name, seconds in rows:
