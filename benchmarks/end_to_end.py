@@ -227,7 +227,7 @@ def run_main(train_module, overrides: list[str]) -> None:
 def breakdown(args: argparse.Namespace) -> dict:
     """One medtransfer-train run with timers around its stages (seconds since the process started), started
     as the console script starts it (medtransfer/__main__.py)."""
-    from medtransfer.__main__ import imports_uncollected, skip_final_collection
+    from medtransfer.utils.garbage_collection import imports_uncollected, skip_final_collection
 
     with imports_uncollected():
         import medtransfer.train as train_module

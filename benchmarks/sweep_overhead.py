@@ -9,6 +9,7 @@ is what the job pays outside training: start-up, data, model, checkpoint writes,
 
     python benchmarks/sweep_overhead.py                    # 10 jobs x 10 epochs
     python benchmarks/sweep_overhead.py --jobs 4 --epochs 3
+    python benchmarks/sweep_overhead.py --folder ../shared/data/brain_mri --jobs 4  # image files
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=10, help="learning rates in the sweep")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        help="a folder of class folders of image files instead of the .npz (data=folder)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra medtransfer-train overrides")
@@ -46,8 +52,11 @@ def parse_args() -> argparse.Namespace:
 
 def overrides(args: argparse.Namespace, root: Path) -> list[str]:
     return [
-        "data=medmnist",
-        f"data.path={args.data.resolve()}",
+        *(
+            ["data=folder", f"data.root={args.folder.resolve()}"]
+            if args.folder
+            else ["data=medmnist", f"data.path={args.data.resolve()}"]
+        ),
         f"data.image_size={args.size}",
         "data.augment=null",
         "finetune=linear_probe",
@@ -64,7 +73,7 @@ def overrides(args: argparse.Namespace, root: Path) -> list[str]:
 def child(args: argparse.Namespace, out: Path) -> None:
     """The sweep in this process, started as the console script starts it (medtransfer/__main__.py), with a
     snapshot of the timers at the start of every job."""
-    from medtransfer.__main__ import imports_uncollected, skip_final_collection
+    from medtransfer.utils.garbage_collection import imports_uncollected, skip_final_collection
 
     with imports_uncollected():
         import medtransfer.train as train_module
@@ -107,7 +116,7 @@ def main() -> None:
     if args.child:
         child(args, args.child)
         return
-    if not args.data.is_file():
+    if not args.folder and not args.data.is_file():
         sys.exit(f"{args.data}: no PneumoniaMNIST .npz there; give --data /path/to/pneumoniamnist.npz")
     me = [sys.executable, str(Path(__file__).resolve())]
     with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +148,8 @@ def main() -> None:
     training = [p.get("fit", 0.0) + p.get("validation", 0.0) for p in parts]
     outside = [w - t for w, t in zip(timings["job_walls"], training, strict=False)]
     print(
-        f"cached linear-probe sweep: {args.jobs} jobs x {args.epochs} epochs, ResNet-18, {args.data.name} "
+        f"cached linear-probe sweep: {args.jobs} jobs x {args.epochs} epochs, ResNet-18, "
+        f"{(args.folder or args.data).name} "
         f"at {args.size} px"
     )
     print(f"  whole sweep command                      {wall:7.1f} s")
@@ -148,6 +158,10 @@ def main() -> None:
     )
     print(f"  before the first job (import, compose)   {timings['before_first_job']:7.1f} s")
     print(f"  per job, outside training: median {statistics.median(outside):.2f} s, max {max(outside):.2f} s")
+    setups = [p.get("data set-up", 0.0) for p in parts]
+    print(
+        f"  data set-up: first job {setups[0]:.2f} s, the others median {statistics.median(setups[1:]):.2f} s"
+    )
     print(
         "  per job (median s): "
         + ", ".join(f"{k} {statistics.median(p.get(k, 0.0) for p in parts):.2f}" for k in PARTS)

@@ -1,6 +1,7 @@
-"""How a command starts and ends (medtransfer/__main__.py): its imports without cyclic garbage collection,
-then frozen; `python -m medtransfer COMMAND` as `medtransfer-COMMAND`. Each case runs in its own
-interpreter, since a frozen object stays frozen for the life of the process."""
+"""How a command starts and ends (medtransfer/__main__.py, utils/garbage_collection.py): its imports without
+cyclic garbage collection, then frozen; a sweep's first job's leftovers frozen once; `python -m
+medtransfer COMMAND` as `medtransfer-COMMAND`. Each case runs in its own interpreter, since a frozen
+object stays frozen for the life of the process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 
 PROBE = """
 import gc
-from medtransfer.__main__ import imports_uncollected
+from medtransfer.utils.garbage_collection import imports_uncollected
 
 frozen_before = gc.get_freeze_count()
 with imports_uncollected():
@@ -23,6 +24,23 @@ print(gc.collect() == 0)  # the frozen cycles are left alone
 """
 
 
+SETTLE = """
+import gc
+from medtransfer.utils.garbage_collection import settle_after_first_job
+
+settle_after_first_job()
+alone = gc.get_freeze_count()  # a process that froze nothing (a test, a notebook) is left alone
+gc.freeze()
+lazily_imported = [[] for _ in range(20_000)]  # what the first job leaves: alive, made after the freeze
+before = gc.get_freeze_count()
+settle_after_first_job()
+first = gc.get_freeze_count() - before
+later = [[] for _ in range(20_000)]
+settle_after_first_job()  # once per process: a later job's objects stay collectable
+print(alone == 0, first >= 20_000, gc.get_freeze_count() - before == first)
+"""
+
+
 def python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
 
@@ -31,6 +49,12 @@ def test_imports_run_without_the_collector_and_are_frozen_after():
     done = python("-c", PROBE)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_after_the_first_job_of_a_sweep_what_it_left_is_frozen_once():
+    done = python("-c", SETTLE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "True", "True"]
 
 
 def test_python_m_medtransfer_runs_the_named_command():

@@ -90,3 +90,37 @@ def test_ram_cache_decodes_each_file_once(tmp_path, decode_count, cache, limit_g
     assert len(decode_count) == (0 if in_memory else 2 * n_train)
     image, _ = datamodule.dataset("val")[0]
     assert image.shape == (1, 16, 16)
+
+
+def test_the_next_job_on_the_same_unchanged_files_reuses_the_decoded_images(tmp_path, decode_count, caplog):
+    """A sweep's jobs run one after another in one process: the second data module on the same files
+    decodes nothing and holds the very same tensors; a changed file, or other channels, decodes again."""
+    root = make_folder_tree(tmp_path / "images", per_class=10, size=24)
+    first = folder_datamodule(root, tmp_path / "cache", cache="ram")
+    assert len(decode_count) == 20
+    decode_count.clear()
+    with caplog.at_level(logging.INFO, logger="medtransfer.data.sources.image_files"):
+        second = folder_datamodule(root, tmp_path / "cache", cache="ram", seed=1)  # another split, same files
+    assert decode_count == []
+    assert "Reused the previous job's 20 images into RAM" in caplog.text
+    shared = {id(t) for s in ("train", "val", "test") for t in first.data.splits[s].images}
+    assert {id(t) for s in ("train", "val", "test") for t in second.data.splits[s].images} == shared
+    assert first.data.splits["val"].paths != second.data.splits["val"].paths  # the split is its own
+
+    changed = root / "benign" / "benign_0.jpg"
+    changed.write_bytes((root / "benign" / "benign_2.jpg").read_bytes())
+    third = folder_datamodule(root, tmp_path / "cache", cache="ram")
+    assert len(decode_count) == 20
+    index = {
+        p: t
+        for s in ("train", "val", "test")
+        for p, t in zip(third.data.splits[s].paths, third.data.splits[s].images, strict=True)
+    }
+    other = root / "benign" / "benign_2.jpg"
+    assert index[str(changed)].equal(index[str(other)])  # the new content, not the kept image
+
+    decode_count.clear()
+    rgb = FolderDataModule(root=str(root), cache_dir=str(tmp_path / "cache"), image_size=16, cache="ram")
+    rgb.model_channels = 3  # a model with an RGB stem: the gray files decoded to 3 channels
+    rgb.setup()
+    assert len(decode_count) == 20 and rgb.data.splits["train"].images[0].shape[0] == 3

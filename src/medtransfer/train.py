@@ -12,6 +12,8 @@ from pathlib import Path
 import hydra
 import lightning as L
 import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.strategies import DDPStrategy
@@ -47,6 +49,7 @@ from medtransfer.utils.distributed import (
     process_group_per_job,
 )
 from medtransfer.utils.errors import ConfigError
+from medtransfer.utils.garbage_collection import settle_after_first_job
 from medtransfer.utils.optuna_sweeps import guard_optuna_sweeps
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
 from medtransfer.utils.run_lock import command_line_lock
@@ -135,7 +138,6 @@ RUN_KEYS = (
 def config_value(cfg: DictConfig, key: str):
     """A key's value for HPARAMS: a config group's chosen option by name (`finetune` -> `full`), else the
     resolved value (numbers stay numbers), else its text."""
-    from hydra.core.hydra_config import HydraConfig
 
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     if key in choices:
@@ -298,6 +300,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             print_config(cfg)
         with process_group_per_job():
             metrics = run_job(lambda: train(cfg), cfg.paths.output_dir)
+    if HydraConfig.get().mode == RunMode.MULTIRUN:
+        settle_after_first_job()  # later jobs' garbage collections skip what the first one imported
     key = f"{cfg.optimized_metric}_best"
     value = metrics.get(key, float("nan")) if isinstance(metrics, dict) else metrics
     return sweep_objective(value, cfg.paths.output_dir, key)  # None when not finite: a failed trial

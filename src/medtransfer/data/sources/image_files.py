@@ -5,11 +5,9 @@ that no patient and no image is in two splits), and keep small data sets decoded
 from __future__ import annotations
 
 import logging
-import os
 from abc import abstractmethod
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,7 +15,8 @@ import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 
 from medtransfer.data.datamodule import MedicalImageDataModule, Split, SplitData
-from medtransfer.data.files.decode import read_image, resolve_window
+from medtransfer.data.files.decode import resolve_window
+from medtransfer.data.files.decoded import decode_files
 from medtransfer.data.files.inspection import FileFacts, Inspection, few_levels_message, inspect_files
 from medtransfer.data.files.validation import (
     ON_BAD,
@@ -270,7 +269,8 @@ class ImageFilesDataModule(MedicalImageDataModule):
 
     def cache_in_ram(self, splits: dict[str, Split], facts: list[FileFacts], channels: int) -> None:
         """Decode every image once, now, into `Split.images`, when data.cache says so; the loaders then
-        serve them from memory and no epoch reads a file again."""
+        serve them from memory and no epoch reads a file again. The next job of a sweep that reads the same
+        files, unchanged, reuses them (files/decoded.py)."""
         nbytes = sum(f.height * f.width * channels for f in facts)
         if self.cache == "none":
             return
@@ -281,12 +281,16 @@ class ImageFilesDataModule(MedicalImageDataModule):
                 self.cache_limit_gb,
             )
             return
-        options = self.decode_options()
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            for part in splits.values():
-                part.images = list(pool.map(lambda p: read_image(p, channels, **options), part.paths))
+        paths = [p for part in splits.values() for p in part.paths]
+        images, reused = decode_files(paths, channels, self.decode_options())
+        for part in splits.values():
+            part.images = [images[p] for p in part.paths]
         log.info(
-            "Decoded %d images into RAM (%.0f MiB, data.cache=%s).", len(facts), nbytes / 2**20, self.cache
+            "%s %d images into RAM (%.0f MiB, data.cache=%s).",
+            "Reused the previous job's" if reused else "Decoded",
+            len(facts),
+            nbytes / 2**20,
+            self.cache,
         )
 
 
