@@ -67,3 +67,5 @@ def test_python_m_medtransfer_without_a_command_says_which_there_are():
     done = python("-m", "medtransfer", "fit")
     assert done.returncode == 1
     assert "usage: python -m medtransfer {train,eval,predict,report}" in done.stderr
+    asked = python("-m", "medtransfer", "--help")
+    assert asked.returncode == 0 and asked.stdout.startswith("usage: python -m medtransfer {train,")

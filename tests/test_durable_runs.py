@@ -194,6 +194,12 @@ def test_best_checkpoint_is_lean_and_still_serves_eval_and_transfer(train_config
     assert "optimizer_states" not in best and "optimizer_states" in last and "callbacks" in last
     assert best["medtransfer"]["operating_point"]["threshold"] == metrics["threshold"]  # fitted into it
     assert (checkpoints / "best.ckpt").stat().st_size < 0.5 * (checkpoints / "last.ckpt").stat().st_size
+    # the Grad-CAM layer is the backbone's last block registered twice: its weights are stored once
+    weights = best["state_dict"]
+    shared = weights["explanation_layer.conv1.weight"], weights["backbone.layer4.1.conv1.weight"]
+    assert shared[0].untyped_storage().data_ptr() == shared[1].untyped_storage().data_ptr()
+    stored = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in weights.values()}
+    assert (checkpoints / "best.ckpt").stat().st_size < 1.05 * sum(stored.values())
     assert load_classifier(checkpoints / "best.ckpt").threshold == metrics["threshold"]
     build_backbone("resnet18", weights=str(checkpoints / "best.ckpt"), in_channels=1)  # model.weights=
 

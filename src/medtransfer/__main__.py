@@ -42,8 +42,12 @@ COMMANDS = {"train": train, "eval": evaluate, "predict": predict, "report": repo
 
 def main() -> None:
     """`python -m medtransfer COMMAND [ARGS]`: the same as `medtransfer-COMMAND [ARGS]`."""
+    usage = f"usage: python -m medtransfer {{{','.join(COMMANDS)}}} [ARGS]  (as medtransfer-COMMAND)"
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(usage)
+        return
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
-        sys.exit(f"usage: python -m medtransfer {{{','.join(COMMANDS)}}} [ARGS]  (as medtransfer-COMMAND)")
+        sys.exit(usage)
     command = sys.argv.pop(1)
     sys.argv[0] = f"medtransfer-{command}"
     COMMANDS[command]()

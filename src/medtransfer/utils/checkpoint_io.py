@@ -146,6 +146,22 @@ def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", key: str =
         return torch.load(checked, map_location=map_location, weights_only=True)
 
 
+def cpu_copy(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """A copy of every tensor of `checkpoint` on the CPU, tensors that view the same memory copied once and
+    still sharing it (a module registered twice, as a classifier's `explanation_layer`, is then saved once,
+    as torch.save saves the originals)."""
+    copies: dict[tuple, torch.Tensor] = {}
+
+    def copy(tensor: torch.Tensor) -> torch.Tensor:
+        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
+        key = (*view, tensor.dtype, tensor.device)
+        if key not in copies:
+            copies[key] = tensor.detach().cpu().clone()
+        return copies[key]
+
+    return apply_to_collection(checkpoint, torch.Tensor, copy)
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """The Trainer's checkpoint reader and writer (`Trainer(plugins=[AtomicCheckpointIO()])`).
 
@@ -164,9 +180,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None:
             raise TypeError(f"{self.__class__.__name__} takes no storage_options")
         if "optimizer_states" not in checkpoint:  # cannot resume a run: written with the next one that can
-            self.held[str(path)] = apply_to_collection(
-                checkpoint, torch.Tensor, lambda t: t.detach().cpu().clone()
-            )
+            self.held[str(path)] = cpu_copy(checkpoint)
             return
         self.flush()
         self._write(checkpoint, path)
