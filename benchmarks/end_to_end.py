@@ -226,8 +226,8 @@ def run_main(train_module, overrides: list[str]) -> None:
 
 def breakdown(args: argparse.Namespace) -> dict:
     """One medtransfer-train run with timers around its stages (seconds since the process started), started
-    as the console script starts it (medtransfer/__main__.py)."""
-    from medtransfer.utils.garbage_collection import imports_uncollected, skip_final_collection
+    as the console script starts it (utils/command_process.py)."""
+    from medtransfer.utils.command_process import imports_uncollected, skip_final_collection
 
     with imports_uncollected():
         import medtransfer.train as train_module

@@ -71,9 +71,9 @@ def overrides(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def child(args: argparse.Namespace, out: Path) -> None:
-    """The sweep in this process, started as the console script starts it (medtransfer/__main__.py), with a
+    """The sweep in this process, started as the console script starts it (utils/command_process.py), with a
     snapshot of the timers at the start of every job."""
-    from medtransfer.utils.garbage_collection import imports_uncollected, skip_final_collection
+    from medtransfer.utils.command_process import imports_uncollected, skip_final_collection
 
     with imports_uncollected():
         import medtransfer.train as train_module
@@ -122,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         common = overrides(args, root)
-        warm = [sys.executable, "-m", "medtransfer", "train", *common, f"hydra.run.dir={root / 'warm'}"]
+        warm = [sys.executable, "-m", "medtransfer.train", *common, f"hydra.run.dir={root / 'warm'}"]
         subprocess.run(warm, check=True, capture_output=True)  # fills the feature cache
         result = root / "sweep.json"
         start = time.time()

@@ -4,6 +4,7 @@ files) and the real Hydra config composed once and overridden per test, with tin
 from __future__ import annotations
 
 import os
+import sys
 
 # Before torch loads its OpenMP runtime (here and, through the environment, in every command a test starts):
 # threads that wait for work sleep instead of spinning. On a shared 2-core machine spinning threads of
@@ -168,13 +169,20 @@ TESTS = Path(__file__).parent
 TINY_CLI = [*(o for o in TINY if not o.startswith("trainer.max_epochs")), "trainer.max_epochs=1"]
 
 
+# `medtransfer-train` as its console script runs it (utils/command_process.py), wherever pip put the script
+TRAIN_COMMAND = [
+    sys.executable,
+    "-c",
+    "import sys; from medtransfer.utils.command_process import train; sys.argv[0] = 'medtransfer-train'; train()",
+]
+
+
 def run_train_cli(cwd: Path, npz: Path, *args: str, multirun: bool = False, timeout: int = 500):
-    """`python -m medtransfer train` (as medtransfer-train) on the tiny .npz in a subprocess (tests/ on PYTHONPATH for probes),
+    """`medtransfer-train` (TRAIN_COMMAND) on the tiny .npz in a subprocess (tests/ on PYTHONPATH for probes),
     with outputs under cwd/outputs."""
     import subprocess
-    import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "medtransfer", "train", *(["-m"] if multirun else [])]
+    cmd = [*TRAIN_COMMAND, *(["-m"] if multirun else [])]
     cmd += ["data=medmnist", f"data.path={npz}", *TINY_CLI, f"paths.log_dir={cwd / 'outputs'}", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)

@@ -1,7 +1,6 @@
-"""How a command starts and ends (medtransfer/__main__.py, utils/garbage_collection.py): its imports without
-cyclic garbage collection, then frozen; a sweep's first job's leftovers frozen once; `python -m
-medtransfer COMMAND` as `medtransfer-COMMAND`. Each case runs in its own interpreter, since a frozen
-object stays frozen for the life of the process."""
+"""How a command starts and ends (utils/command_process.py): its imports without cyclic garbage collection,
+then frozen; a sweep's first job's leftovers frozen once; the console scripts start there. Each case runs
+in its own interpreter, since a frozen object stays frozen for the life of the process."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import sys
 
 PROBE = """
 import gc
-from medtransfer.utils.garbage_collection import imports_uncollected
+from medtransfer.utils.command_process import imports_uncollected
 
 frozen_before = gc.get_freeze_count()
 with imports_uncollected():
@@ -26,7 +25,7 @@ print(gc.collect() == 0)  # the frozen cycles are left alone
 
 SETTLE = """
 import gc
-from medtransfer.utils.garbage_collection import settle_after_first_job
+from medtransfer.utils.command_process import settle_after_first_job
 
 settle_after_first_job()
 alone = gc.get_freeze_count()  # a process that froze nothing (a test, a notebook) is left alone
@@ -57,15 +56,28 @@ def test_after_the_first_job_of_a_sweep_what_it_left_is_frozen_once():
     assert done.stdout.split() == ["True", "True", "True"]
 
 
-def test_python_m_medtransfer_runs_the_named_command():
-    done = python("-m", "medtransfer", "report", "--help")
+def test_a_console_script_runs_its_commands_main():
+    code = (
+        "import sys; from medtransfer.utils.command_process import report; "
+        "sys.argv = ['medtransfer-report', '--help']; report()"
+    )
+    done = python("-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: medtransfer-report")  # report's own parser, named as the script
 
 
-def test_python_m_medtransfer_without_a_command_says_which_there_are():
-    done = python("-m", "medtransfer", "fit")
-    assert done.returncode == 1
-    assert "usage: python -m medtransfer {train,eval,predict,report}" in done.stderr
-    asked = python("-m", "medtransfer", "--help")
-    assert asked.returncode == 0 and asked.stdout.startswith("usage: python -m medtransfer {train,")
+def test_the_installed_console_scripts_start_in_command_process():
+    from importlib.metadata import entry_points
+
+    scripts = {
+        e.name: e.value for e in entry_points(group="console_scripts") if e.name.startswith("medtransfer-")
+    }
+    assert scripts == {
+        f"medtransfer-{name}": f"medtransfer.utils.command_process:{function}"
+        for name, function in [
+            ("train", "train"),
+            ("eval", "evaluate"),
+            ("predict", "predict"),
+            ("report", "report"),
+        ]
+    }

@@ -18,7 +18,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import pytest
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from conftest import make_folder_tree, make_npz
+from conftest import TRAIN_COMMAND, make_folder_tree, make_npz
 from medtransfer.evaluate import evaluate, partial_data_overrides
 from medtransfer.predict import predict
 from medtransfer.report import report
@@ -294,7 +293,7 @@ def test_every_documented_command_runs(fixtures, capsys):
         args += ["data=folder", f"data.root={fixtures.tree}"]  # the command sweeps over the default data
     fixtures.sweep_dir = fixtures.base / "sweep"
     result = subprocess.run(
-        [sys.executable, "-m", "medtransfer", "train", *args, f"hydra.sweep.dir={fixtures.sweep_dir}"],
+        [*TRAIN_COMMAND, *args, f"hydra.sweep.dir={fixtures.sweep_dir}"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -32,7 +32,7 @@ def imported_packages(path: Path) -> set[str]:
 
 
 def test_top_level_holds_the_commands_and_packages_only():
-    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__", "__main__"}  # __main__: how they start
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
     packages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
     assert modules == COMMANDS
     assert packages == set().union(*LAYERS)
@@ -44,7 +44,7 @@ def test_every_import_goes_down_the_layers():
     upward = []
     for path in PACKAGE.rglob("*.py"):
         own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
-        if own in ("__init__", "__main__"):
+        if own == "__init__":
             continue
         for package in imported_packages(path) - {own}:
             if layer_of(package) >= layer_of(own) and not (own in COMMANDS and package in COMMANDS):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CLI, run_train_cli
+from conftest import TINY_CLI, TRAIN_COMMAND, run_train_cli
 from medtransfer.report import collect
 
 pytestmark = pytest.mark.slow
@@ -185,7 +185,7 @@ def test_sigterm_mid_epoch_saves_and_resume_finishes(tmp_path, npz_file):
     assert saved["epoch"] == 1 and saved["global_step"] > 6  # mid-epoch 1: nothing trained was lost
 
     resumed = subprocess.run(
-        [sys.executable, "-m", "medtransfer", "train", f"resume={run}"],
+        [*TRAIN_COMMAND, f"resume={run}"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -218,7 +218,7 @@ def test_sigterm_mid_epoch_saves_and_resume_finishes(tmp_path, npz_file):
 def test_resume_of_a_dir_without_checkpoint_is_a_clear_error(tmp_path):
     env = {**os.environ, "COLUMNS": "400"}  # one line per sentence in the Rich panel
     result = subprocess.run(
-        [sys.executable, "-m", "medtransfer", "train", f"resume={tmp_path}"],
+        [*TRAIN_COMMAND, f"resume={tmp_path}"],
         env=env,
         capture_output=True,
         text=True,

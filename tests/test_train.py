@@ -146,7 +146,7 @@ def test_callbacks_none_trains_and_writes_no_extra_files(train_config):
 
 
 def test_the_log_file_holds_the_console_tables_and_every_warning(tmp_path, npz_file):
-    """Run as the console script runs (medtransfer/__main__.py, the interpreter's last garbage collection
+    """Run as the console script runs (utils/command_process.py, the interpreter's last garbage collection
     skipped): what the command wrote is complete once the process has exited."""
     from conftest import run_train_cli
 

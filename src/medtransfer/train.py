@@ -33,6 +33,7 @@ from medtransfer.utils.command_line import (
     quoted_override,
     user_override,
 )
+from medtransfer.utils.command_process import settle_after_first_job
 from medtransfer.utils.console import (
     print_config,
     print_data_summary,
@@ -49,7 +50,6 @@ from medtransfer.utils.distributed import (
     process_group_per_job,
 )
 from medtransfer.utils.errors import ConfigError
-from medtransfer.utils.garbage_collection import settle_after_first_job
 from medtransfer.utils.optuna_sweeps import guard_optuna_sweeps
 from medtransfer.utils.paths import CONFIG_DIR, absolute_paths
 from medtransfer.utils.run_lock import command_line_lock

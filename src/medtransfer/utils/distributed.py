@@ -20,7 +20,7 @@ def job_subprocess_command(local_rank: int) -> tuple[Sequence[str], str]:
     from hydra.utils import get_original_cwd
 
     hydra_cfg = HydraConfig.get()
-    command = [sys.executable, "-m", "medtransfer", "train", *hydra_cfg.overrides.task]
+    command = [sys.executable, "-m", "medtransfer.train", *hydra_cfg.overrides.task]
     command += [
         f'hydra.run.dir="{hydra_cfg.runtime.output_dir}"',
         f"hydra.job.name=train_ddp_process_{local_rank}",

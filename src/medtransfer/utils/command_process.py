@@ -1,8 +1,11 @@
-"""Python's cyclic garbage collector in a command's process. A command imports torch, torchvision, Lightning
+"""A command's process: the console scripts (`medtransfer-train`, `-eval`, `-predict`, `-report` in
+pyproject.toml) start here, import their command module and run its `main`.
+
+Python's cyclic garbage collector is the reason. A command imports torch, torchvision, Lightning
 and Hydra: millions of objects that live until the process ends. The collector walks all of them in each
 full collection: seven times while they are imported and once more when the interpreter shuts down, about
 2 s of a command's start and exit on a 2-core CPU, finding nothing to free (docs/benchmarks.md). So
-commands (medtransfer/__main__.py) import with the collector paused and then move what exists to the
+commands import with the collector paused and then move what exists to the
 permanent generation (`gc.freeze`: "ignored in future collections", Python's gc docs); at exit what is
 left is frozen the same way before the interpreter's last collection. Objects are still freed by
 reference counting, files closed by their owners and atexit handlers run; only reference cycles left at
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import gc
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,3 +50,29 @@ def settle_after_first_job() -> None:
     _settled = True
     gc.collect()
     gc.freeze()
+
+
+def start(module: str) -> None:
+    """Import the command's module (`medtransfer.train`, …) with `imports_uncollected`, and run its `main`;
+    the interpreter's final collection is skipped when the process exits (also by SystemExit or an
+    error). The module is named, not imported: commands sit above utils/."""
+    with imports_uncollected():
+        command_main = importlib.import_module(module).main
+    skip_final_collection()
+    command_main()
+
+
+def train() -> None:
+    start("medtransfer.train")
+
+
+def evaluate() -> None:
+    start("medtransfer.evaluate")
+
+
+def predict() -> None:
+    start("medtransfer.predict")
+
+
+def report() -> None:
+    start("medtransfer.report")
