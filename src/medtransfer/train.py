@@ -138,7 +138,6 @@ RUN_KEYS = (
 def config_value(cfg: DictConfig, key: str):
     """A key's value for HPARAMS: a config group's chosen option by name (`finetune` -> `full`), else the
     resolved value (numbers stay numbers), else its text."""
-
     choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     if key in choices:
         return choices[key]

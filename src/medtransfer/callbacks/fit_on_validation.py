@@ -27,7 +27,6 @@ from medtransfer.evaluation.multilabel import fit_on_validation_multilabel
 from medtransfer.evaluation.operating_point import check_threshold_rule, choose_threshold, rates_at_threshold
 from medtransfer.evaluation.split_report import write_decision_settings
 from medtransfer.models.checkpoint import add_to_checkpoint, best_validation_outputs
-from medtransfer.utils.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +135,12 @@ class FitOnValidation(L.Callback):
                 )
             best_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
             if best_path:  # best.ckpt carries them to the test, eval and predict
-                entries = {"calibration": fitted[0], "operating_point": fitted[1]}
-                checkpoint_io = trainer.strategy.checkpoint_io
-                if not (
-                    isinstance(checkpoint_io, AtomicCheckpointIO)
-                    and checkpoint_io.update_held(best_path, **entries)
-                ):
-                    add_to_checkpoint(best_path, **entries)
+                add_to_checkpoint(
+                    best_path,
+                    trainer.strategy.checkpoint_io,  # still held in memory: no rewrite of the file
+                    calibration=fitted[0],
+                    operating_point=fitted[1],
+                )
         calibration, operating_point = trainer.strategy.broadcast(fitted, src=0)
         pl_module.calibration, pl_module.operating_point = calibration, operating_point
         if trainer.is_global_zero:

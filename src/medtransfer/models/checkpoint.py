@@ -15,7 +15,7 @@ import torch
 
 from medtransfer.models.classifier import CHECKPOINT_FORMAT, Classifier
 from medtransfer.utils.atomic_write import atomic_write_with
-from medtransfer.utils.checkpoint_io import load_checkpoint_file
+from medtransfer.utils.checkpoint_io import AtomicCheckpointIO, load_checkpoint_file
 from medtransfer.utils.errors import ConfigError
 
 # the data modules a checkpoint's data config may name (medtransfer-eval rebuilds its data from it)
@@ -80,9 +80,13 @@ def check_checkpoint(checkpoint, path: str | Path) -> None:
         )
 
 
-def add_to_checkpoint(ckpt_path: str | Path, **entries) -> None:
-    """Store `entries` in the checkpoint's medtransfer section, in place (written to a temporary file,
-    fsynced, then renamed, so a crash or a full disk never leaves half a checkpoint). Values must be plain data (weights_only)."""
+def add_to_checkpoint(ckpt_path: str | Path, checkpoint_io=None, **entries) -> None:
+    """Store `entries` in the checkpoint's medtransfer section: in the copy a run's `AtomicCheckpointIO`
+    (`checkpoint_io`, the trainer's) still holds in memory, written with them later; else in the file, in
+    place (written to a temporary file, fsynced, then renamed, so a crash or a full disk never leaves half a
+    checkpoint). Values must be plain data (weights_only)."""
+    if isinstance(checkpoint_io, AtomicCheckpointIO) and checkpoint_io.update_held(ckpt_path, **entries):
+        return
     path = Path(ckpt_path)
     checkpoint = load_checkpoint_file(path, key="ckpt_path")
     checkpoint.setdefault("medtransfer", {}).update(entries)

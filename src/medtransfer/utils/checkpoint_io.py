@@ -153,8 +153,8 @@ def cpu_copy(checkpoint: dict[str, Any]) -> dict[str, Any]:
     copies: dict[tuple, torch.Tensor] = {}
 
     def copy(tensor: torch.Tensor) -> torch.Tensor:
-        view = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.shape, tensor.stride())
-        key = (*view, tensor.dtype, tensor.device)
+        storage = tensor.untyped_storage().data_ptr()
+        key = (storage, tensor.storage_offset(), tensor.shape, tensor.stride(), tensor.dtype, tensor.device)
         if key not in copies:
             copies[key] = tensor.detach().cpu().clone()
         return copies[key]

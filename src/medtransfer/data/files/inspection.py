@@ -67,6 +67,7 @@ class Inspection:
     cache_hit: bool
     seconds: float
     cache_file: Path | None
+    fingerprint: str  # of the inspected files: see `fingerprint`
 
 
 def _is_gray(array: np.ndarray) -> bool:
@@ -193,7 +194,8 @@ def inspect_files(
     `window`: the intensity window training decodes with (see `decode`)."""
     start = time.perf_counter()
     paths = sorted(set(paths))
-    cache_file = Path(cache_dir) / "inspection" / f"{fingerprint(paths, window)}.json" if cache_dir else None
+    files = fingerprint(paths, window)
+    cache_file = Path(cache_dir) / "inspection" / f"{files}.json" if cache_dir else None
     if cache_file is not None and cache_file.is_file():
         facts = _read_cache(cache_file, paths)
         if facts is not None:
@@ -204,7 +206,9 @@ def inspect_files(
                 seconds,
                 cache_file,
             )
-            return Inspection(facts, cache_hit=True, seconds=seconds, cache_file=cache_file)
+            return Inspection(
+                facts, cache_hit=True, seconds=seconds, cache_file=cache_file, fingerprint=files
+            )
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
         facts = dict(zip(paths, pool.map(partial(inspect_file, window=window), paths), strict=True))
@@ -218,7 +222,7 @@ def inspect_files(
         workers,
         f", cached in {cache_file}" if cache_file else "",
     )
-    return Inspection(facts, cache_hit=False, seconds=seconds, cache_file=cache_file)
+    return Inspection(facts, cache_hit=False, seconds=seconds, cache_file=cache_file, fingerprint=files)
 
 
 # fewer distinct grey values than this after conversion to 8 bits: the intensities are squeezed together

@@ -282,7 +282,7 @@ class ImageFilesDataModule(MedicalImageDataModule):
             )
             return
         paths = [p for part in splits.values() for p in part.paths]
-        images, reused = decode_files(paths, channels, self.decode_options())
+        images, reused = decode_files(paths, channels, self.decode_options(), self.inspection.fingerprint)
         for part in splits.values():
             part.images = [images[p] for p in part.paths]
         log.info(
